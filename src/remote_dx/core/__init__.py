@@ -1,0 +1,1 @@
+"""Settings, database, ORM models, errors and clock shared by every stage."""

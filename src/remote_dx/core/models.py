@@ -1,0 +1,277 @@
+"""ORM models: the network (institutions, devices, users), the DICOM index
+(patient → study → series → instance, PS3.3 C.7 "Patient/Study/Series/Instance" IE levels),
+task outcomes and worklist items.
+
+Times are stored in UTC; :class:`UTCDateTime` hands back aware datetimes on SQLite too.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from remote_dx.core.clock import utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; store aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class InstitutionLevel(enum.StrEnum):
+    """Level in the referral tree: province → city → county → township → village."""
+
+    PROVINCE = "province"
+    CITY = "city"
+    COUNTY = "county"
+    TOWNSHIP = "township"
+    VILLAGE = "village"
+
+
+class Role(enum.StrEnum):
+    TECHNICIAN = "technician"
+    READER = "reader"
+    SENIOR_READER = "senior_reader"
+    SUPERVISOR = "supervisor"
+    STATISTICIAN = "statistician"
+    ADMIN = "admin"
+
+
+class StudyStatus(enum.StrEnum):
+    """Where a study is on its way from receipt to the worklist."""
+
+    RECEIVING = "receiving"  # instances still arriving (quiet period not over)
+    QUEUED = "queued"  # quiet period over, processing task enqueued
+    PROCESSED = "processed"  # indexed, previewed, validated and routed
+    FAILED = "failed"  # processing gave up after max attempts
+
+
+class Priority(enum.StrEnum):
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+
+class WorklistStatus(enum.StrEnum):
+    UNREAD = "unread"
+    CLAIMED = "claimed"
+    DRAFTED = "drafted"
+    SIGNED = "signed"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings so PostgreSQL needs no enum types and values stay readable.
+    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class Institution(Base):
+    __tablename__ = "institutions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str | None] = mapped_column(String(200))
+    level: Mapped[InstitutionLevel] = mapped_column(_enum(InstitutionLevel))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"))
+    # Where signed results go back by C-STORE, when the township has a PACS/AE.
+    return_ae_title: Mapped[str | None] = mapped_column(String(16))
+    return_host: Mapped[str | None] = mapped_column(String(255))
+    return_port: Mapped[int | None] = mapped_column(Integer)
+
+    parent: Mapped[Institution | None] = relationship(remote_side=[id])
+
+    def lead_hospital(self) -> Institution | None:
+        """The county (or city) lead hospital of this institution's medical community."""
+        node: Institution | None = self
+        while node is not None and node.level not in (
+            InstitutionLevel.COUNTY,
+            InstitutionLevel.CITY,
+            InstitutionLevel.PROVINCE,
+        ):
+            node = node.parent
+        return node
+
+
+class Device(Base):
+    """A modality or ECG cart, known by its AE title (PS3.8 §7.1.1.5 Called/Calling AE Title)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    modality: Mapped[str] = mapped_column(String(16))
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    institution: Mapped[Institution] = relationship()
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    # Reader qualifications: modalities read (e.g. ["DX", "CR", "ECG"]) and professional title.
+    modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    title: Mapped[str | None] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    institution: Mapped[Institution] = relationship()
+
+
+class Patient(Base):
+    """A patient as known to the issuing institution (PatientID is only unique per issuer)."""
+
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("issuer", "patient_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[str | None] = mapped_column(String(8))
+    sex: Mapped[str | None] = mapped_column(String(2))
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    origin_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"))
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(200))
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    character_set: Mapped[str | None] = mapped_column(String(128))
+
+    status: Mapped[StudyStatus] = mapped_column(
+        _enum(StudyStatus), default=StudyStatus.RECEIVING, index=True
+    )
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    queued_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    # Bumped by every new instance, so processing can tell if it saw the whole study.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    processed_revision: Mapped[int | None] = mapped_column(Integer)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    preview_key: Mapped[str | None] = mapped_column(String(255))
+    validation_problems: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    patient: Mapped[Patient] = relationship()
+    origin: Mapped[Institution] = relationship()
+    device: Mapped[Device | None] = relationship()
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+    worklist_item: Mapped[WorklistItem | None] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(String(200))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="series", order_by="Instance.id"
+    )
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    object_key: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class TaskRun(Base):
+    """The outcome of one task for one study: the database, not the broker, knows what is done."""
+
+    __tablename__ = "task_runs"
+    __table_args__ = (UniqueConstraint("task_name", "study_pk"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(64))
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class WorklistItem(Base):
+    __tablename__ = "worklist_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    priority: Mapped[Priority] = mapped_column(_enum(Priority), default=Priority.ROUTINE)
+    status: Mapped[WorklistStatus] = mapped_column(
+        _enum(WorklistStatus), default=WorklistStatus.UNREAD, index=True
+    )
+    routed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    routing_rule: Mapped[str] = mapped_column(String(128))
+
+    study: Mapped[Study] = relationship(back_populates="worklist_item")
+    pool: Mapped[Institution] = relationship()

@@ -1,0 +1,99 @@
+"""Settings from the environment (prefix ``RDX_``), via pydantic-settings.
+
+Nothing in the code branches on "embedded" vs "scale-out" except the factories that read these
+settings: an empty ``database_url`` means a SQLite file under ``data_dir``, ``storage_backend``
+selects the object store, and ``broker_url`` selects the Celery transport.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RDX_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Root of everything the embedded mode keeps.")
+
+    # Database: empty → SQLite file in data_dir.
+    database_url: str = ""
+
+    # Object store.
+    storage_backend: Literal["file", "s3"] = "file"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "remote-dx"
+    s3_secure: bool = False
+    s3_region: str | None = None
+
+    # Celery broker: empty → kombu's filesystem transport under data_dir (no server).
+    broker_url: str = ""
+    broker_visibility_timeout: int = Field(
+        300, description="Seconds before Redis redelivers an unacknowledged task (Celery: 1 h)."
+    )
+    broker_polling_interval: float = 0.1
+    embedded_worker: bool = True
+    worker_concurrency: int = 2
+
+    # DICOM receiver.
+    ae_title: str = "REMOTE_DX"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    dicom_max_associations: int = 32
+
+    # Web/API.
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+
+    # Study completion and reconciliation.
+    quiet_seconds: float = Field(
+        10.0, description="A study is ready after this long with no new instance."
+    )
+    sweep_interval: float = 1.0
+    reconcile_after_seconds: float = Field(
+        120.0, description="Re-enqueue a study whose processing has not finished after this long."
+    )
+    max_task_attempts: int = 5
+
+    # Auth.
+    jwt_secret: str = ""
+    jwt_algorithm: str = "HS256"
+    access_token_minutes: int = 60 * 8
+
+    demo: bool = False
+    routing_file: Path | None = None
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'remote_dx.sqlite3').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

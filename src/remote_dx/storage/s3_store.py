@@ -1,0 +1,131 @@
+"""Scale-out storage: any S3 server (MinIO in docker-compose, SeaweedFS in tests) via the
+``minio`` SDK.
+
+The SDK's HTTP client gets short timeouts and few retries: when the server is down the receiver
+must answer "retry later" within seconds rather than hold the modality's association open.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from remote_dx.core.errors import StorageUnavailable
+from remote_dx.storage.base import ObjectNotFound, validate_key
+
+_MISSING = {"NoSuchKey", "NoSuchObject", "NotFound"}
+
+
+class S3Store:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.bucket = bucket
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout, 3.0), read=timeout),
+            maxsize=32,
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
+        )
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self._bucket_ready = False
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket)
+                except S3Error as exc:
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 bucket {self.bucket} unavailable: {exc}") from exc
+        self._bucket_ready = True
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+        except (S3Error, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise StorageUnavailable(f"S3 put {key} failed: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(key) from exc
+            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
+        try:
+            return response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 get {key} interrupted: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return False
+            raise StorageUnavailable(f"S3 stat {key} failed: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 stat {key} failed: {exc}") from exc
+        return True
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            self.client.remove_object(self.bucket, key)
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 delete {key} failed: {exc}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self._ensure_bucket()
+        try:
+            keys = [
+                obj.object_name
+                for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name is not None
+            ]
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 list {prefix!r} failed: {exc}") from exc
+        return iter(sorted(keys))
+
+    def check(self) -> None:
+        self._bucket_ready = False
+        self._ensure_bucket()

@@ -1,0 +1,105 @@
+"""Fixtures shared by the whole suite.
+
+Every test gets its own data directory and free ports; servers that the machine may or may not
+run (PostgreSQL, Redis, SeaweedFS, dcmtk, Chromium) are probed and the test is skipped with the
+reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from remote_dx.core import clock
+from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
+from remote_dx.core.network import apply_network, load_network_file
+from remote_dx.core.settings import Settings, reset_settings
+from remote_dx.storage.factory import reset_stores
+from tests.support import DEMO_NETWORK, free_port, port_open
+
+POSTGRES_URL = os.environ.get(
+    "RDX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("RDX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("RDX_") and not name.startswith("RDX_TEST_"):
+            monkeypatch.delenv(name)
+    reset_settings()
+    reset_stores()
+    clock.reset()
+    yield
+    clock.reset()
+    dispose_engines()
+    reset_stores()
+    reset_settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``RDX_`` environment that reproduces ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"RDX_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Embedded-mode settings under a temporary directory, on free ports, short quiet period."""
+    value = Settings(
+        data_dir=tmp_path / "var",
+        dicom_host="127.0.0.1",
+        dicom_port=free_port(),
+        http_host="127.0.0.1",
+        http_port=free_port(),
+        quiet_seconds=2.0,
+        sweep_interval=0.2,
+        jwt_secret="test-secret-not-for-production-0123456789",
+    )
+    for key, val in settings_env(value).items():
+        monkeypatch.setenv(key, val)
+    reset_settings()
+    return value
+
+
+@pytest.fixture
+def db(settings: Settings) -> sessionmaker[Session]:
+    """The settings' database, migrated and seeded with the demo network (passwords ``demo``)."""
+    upgrade(settings)
+    with session_scope(settings) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    return get_sessionmaker(settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL (CI machines run one); skip with the reason otherwise."""
+    if not port_open("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set RDX_TEST_POSTGRES_URL)")
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    if not port_open("127.0.0.1", 6379):
+        pytest.skip("Redis is not reachable on 127.0.0.1:6379 (set RDX_TEST_REDIS_URL)")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> str:
+    """Path of dcmtk's storescu; skip when dcmtk is not installed."""
+    path = shutil.which("storescu")
+    if path is None:
+        pytest.skip("dcmtk is not installed (apt-get install dcmtk)")
+    return path
