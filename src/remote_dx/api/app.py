@@ -1,0 +1,104 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires one install's resources (DB sessions, object store, JWT secret)
+into ``app.state``; every process kind (``serve``, ``api``) and every test builds its app here.
+Errors always answer ``{"detail": "<message>"}``: 4xx for bad input, 503 when a dependency is
+down (the client should retry), never a bare 500 for something the client did.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from remote_dx.api.routers import auth, health, studies, worklist
+from remote_dx.api.security import load_jwt_secret
+from remote_dx.core.db import get_sessionmaker
+from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
+from remote_dx.core.settings import Settings, get_settings
+from remote_dx.storage.factory import get_store
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+远程影像与心电诊断中心 — remote imaging and ECG reading hub of a county medical community (医共体).
+
+Township health centres push exams by DICOM C-STORE; once a study is complete it is processed and
+routed to the pool of its county lead hospital, where readers find it on their worklist.
+
+Authenticate with `POST /api/v1/auth/token` (OAuth2 password flow, form fields `username` and
+`password`), then send `Authorization: Bearer <access_token>`. Times are UTC (ISO 8601, `Z`).
+"""
+
+OPENAPI_TAGS = [
+    {"name": "auth", "description": "Log in and get a bearer token"},
+    {"name": "worklist", "description": "Studies waiting to be read, scoped to the user"},
+    {"name": "studies", "description": "A study's patient, series, instances and routing"},
+    {"name": "health", "description": "Liveness and readiness probes"},
+]
+
+
+def _version() -> str:
+    try:
+        return version("remote-dx")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _location(loc: tuple[object, ...] | list[object]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("query", "path", "body", "header", "cookie"):
+        where = {"query": "query parameter", "path": "path parameter", "body": "field"}
+        prefix = where.get(parts[0], parts[0])
+        return f"{prefix} '{'.'.join(parts[1:])}'" if len(parts) > 1 else prefix
+    return ".".join(parts)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+    message = "; ".join(f"{_location(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
+    return JSONResponse(
+        {"detail": message or "invalid request", "errors": errors},
+        status_code=422,  # the name of this constant differs across Starlette versions
+    )
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("dependency unavailable: %s", exc)
+    what = "object store" if isinstance(exc, StorageUnavailable) else "database"
+    return JSONResponse(
+        {"detail": f"the {what} is unavailable right now; retry shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="remote_dx",
+        summary="Remote imaging and ECG reading hub (基层检查、上级诊断、结果互认)",
+        description=DESCRIPTION,
+        version=_version(),
+        openapi_tags=OPENAPI_TAGS,
+    )
+    app.state.settings = settings
+    app.state.sessions = get_sessionmaker(settings)
+    app.state.store = get_store(settings)
+    app.state.jwt_secret = load_jwt_secret(settings)
+
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    for error in (StorageUnavailable, DatabaseUnavailable, OperationalError):
+        app.add_exception_handler(error, _unavailable)
+
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(worklist.router)
+    app.include_router(studies.router)
+    return app

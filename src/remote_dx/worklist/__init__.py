@@ -1,0 +1,1 @@
+"""Worklists: what each reader, technician and administrator may see, and (later) reading state."""

@@ -1,0 +1,111 @@
+"""Read models of the worklist and study views: the JSON shapes the API answers with.
+
+Times are aware UTC datetimes serialised as ISO 8601 with a ``Z`` and millisecond precision in
+every case, so that strings sort like the instants they name (pydantic's default drops the
+fraction when it is zero, which breaks that).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from remote_dx.core.models import Priority, StudyStatus, WorklistStatus
+
+
+def iso_utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_TIMESTAMP_SCHEMA = {"type": "string", "format": "date-time", "example": "2025-01-31T08:15:00.000Z"}
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso_utc, return_type=str),
+    WithJsonSchema(_TIMESTAMP_SCHEMA),
+]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class WorklistEntry(_View):
+    study_uid: str
+    patient_id: str
+    patient_name: str | None = Field(
+        description="Decoded Unicode; DICOM PN components stay joined by '^' (PS3.5 §6.2.1)"
+    )
+    patient_sex: str | None
+    patient_birth_date: str | None = Field(description="DICOM DA, YYYYMMDD")
+    modality: str | None
+    study_description: str | None
+    origin: str = Field(description="Name of the institution the study came from")
+    pool: str = Field(description="Name of the institution whose readers read it")
+    priority: Priority
+    status: WorklistStatus
+    received_at: Timestamp
+    due_at: Timestamp
+    num_instances: int
+
+
+class WorklistPage(BaseModel):
+    items: list[WorklistEntry]
+    total: int = Field(description="Items matching the filters, before limit/offset")
+
+
+class PatientView(_View):
+    patient_id: str
+    issuer: str
+    name: str | None
+    sex: str | None
+    birth_date: str | None
+
+
+class InstanceView(_View):
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None
+    size_bytes: int
+
+
+class SeriesView(_View):
+    series_uid: str
+    modality: str | None
+    series_number: int | None
+    description: str | None
+    body_part: str | None
+    instances: list[InstanceView]
+
+
+class RoutingView(BaseModel):
+    pool: str
+    priority: Priority
+    status: WorklistStatus
+    routed_at: Timestamp
+    due_at: Timestamp
+    routing_rule: str
+
+
+class StudyDetail(BaseModel):
+    study_uid: str
+    accession_number: str | None
+    study_date: str | None
+    study_time: str | None
+    description: str | None
+    modalities: str | None
+    body_part: str | None
+    origin: str
+    status: StudyStatus
+    received_at: Timestamp
+    last_received_at: Timestamp
+    processed_at: Timestamp | None
+    num_instances: int
+    validation_problems: list[str]
+    preview_available: bool
+    patient: PatientView
+    series: list[SeriesView]
+    worklist_item: RoutingView | None

@@ -1,0 +1,223 @@
+"""Worklist and study queries, scoped to what the asking user may see.
+
+Scoping lives in one place, :func:`visibility`, so every read path (worklist, study, later
+DICOMweb and exports) applies the same rule:
+
+- readers, senior readers and supervisors see the studies routed to their own institution's pool;
+- technicians see the studies their own institution sent (so a township follows its studies);
+- administrators see everything;
+- any other role (statisticians read aggregates, not patients) sees no patient data.
+
+Each listing is one SELECT with joins (no per-row queries) plus one COUNT; the filters and the
+order use indexed columns (``worklist_items.pool_id/status/due_at``, ``studies.origin_id``,
+``series.study_pk``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Select, case, exists, false, func, select, true
+from sqlalchemy.orm import Session, aliased, selectinload
+
+from remote_dx.core.models import (
+    Institution,
+    Patient,
+    Priority,
+    Role,
+    Series,
+    Study,
+    User,
+    WorklistItem,
+    WorklistStatus,
+)
+from remote_dx.worklist.schemas import (
+    InstanceView,
+    PatientView,
+    RoutingView,
+    SeriesView,
+    StudyDetail,
+    WorklistEntry,
+    WorklistPage,
+)
+
+READER_ROLES = frozenset({Role.READER, Role.SENIOR_READER, Role.SUPERVISOR})
+MAX_PAGE = 500
+
+# STAT first, then urgent, then routine.
+PRIORITY_RANK = case(
+    {Priority.STAT.value: 0, Priority.URGENT.value: 1, Priority.ROUTINE.value: 2},
+    value=WorklistItem.priority,
+    else_=3,
+)
+
+_origin = aliased(Institution, name="origin")
+_pool = aliased(Institution, name="pool")
+
+
+def visibility(user: User) -> ColumnElement[bool]:
+    """The condition a study must meet for ``user`` to see it.
+
+    Used on queries over ``studies`` outer-joined to ``worklist_items``: a study not yet routed
+    has a NULL pool and so is visible to readers of no pool.
+    """
+    role = Role(user.role)
+    if role is Role.ADMIN:
+        return true()
+    if role in READER_ROLES:
+        return WorklistItem.pool_id == user.institution_id
+    if role is Role.TECHNICIAN:
+        return Study.origin_id == user.institution_id
+    return false()
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """Filters and paging of a worklist request (empty filter = no restriction)."""
+
+    statuses: Sequence[WorklistStatus] = ()
+    priorities: Sequence[Priority] = ()
+    modalities: Sequence[str] = ()
+    limit: int = 50
+    offset: int = 0
+
+
+def _first_series_modality() -> ColumnElement[str | None]:
+    return (
+        select(Series.modality)
+        .where(Series.study_pk == Study.id, Series.modality.is_not(None))
+        .order_by(Series.id)
+        .limit(1)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+
+
+def _filtered(statement: Select, user: User, query: WorklistQuery) -> Select:  # type: ignore[type-arg]
+    statement = statement.where(visibility(user))
+    if query.statuses:
+        statement = statement.where(WorklistItem.status.in_(list(query.statuses)))
+    if query.priorities:
+        statement = statement.where(WorklistItem.priority.in_(list(query.priorities)))
+    if query.modalities:
+        # The series carry the modality as sent; Study.modalities is filled only by processing.
+        wanted = sorted({m.strip().upper() for m in query.modalities if m.strip()})
+        statement = statement.where(
+            exists().where(Series.study_pk == Study.id, Series.modality.in_(wanted))
+        )
+    return statement
+
+
+def list_worklist(session: Session, user: User, query: WorklistQuery) -> WorklistPage:
+    """The worklist page ``user`` may see: STAT first, then by due time."""
+    limit = max(1, min(query.limit, MAX_PAGE))
+    offset = max(0, query.offset)
+    rows_statement = _filtered(
+        select(
+            Study.study_uid,
+            Patient.patient_id,
+            Patient.name.label("patient_name"),
+            Patient.sex.label("patient_sex"),
+            Patient.birth_date.label("patient_birth_date"),
+            func.coalesce(Study.modalities, _first_series_modality()).label("modality"),
+            Study.description.label("study_description"),
+            _origin.name.label("origin"),
+            _pool.name.label("pool"),
+            WorklistItem.priority,
+            WorklistItem.status,
+            Study.received_at,
+            WorklistItem.due_at,
+            Study.num_instances,
+        )
+        .select_from(WorklistItem)
+        .join(Study, Study.id == WorklistItem.study_pk)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .join(_origin, _origin.id == Study.origin_id)
+        .join(_pool, _pool.id == WorklistItem.pool_id),
+        user,
+        query,
+    )
+    rows = session.execute(
+        rows_statement.order_by(PRIORITY_RANK, WorklistItem.due_at, WorklistItem.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    count_statement = _filtered(
+        select(func.count(WorklistItem.id))
+        .select_from(WorklistItem)
+        .join(Study, Study.id == WorklistItem.study_pk),
+        user,
+        query,
+    )
+    total = session.scalar(count_statement) or 0
+    return WorklistPage(
+        items=[WorklistEntry.model_validate(row._mapping) for row in rows], total=total
+    )
+
+
+def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | None:
+    """The study with its series and instances, or None if it does not exist *or* ``user``
+    may not see it (callers answer 404 for both, so existence is not revealed)."""
+    row = session.execute(
+        select(Study, Patient, _origin.name, WorklistItem, _pool.name)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .join(_origin, _origin.id == Study.origin_id)
+        .outerjoin(WorklistItem, WorklistItem.study_pk == Study.id)
+        .outerjoin(_pool, _pool.id == WorklistItem.pool_id)
+        .where(Study.study_uid == study_uid, visibility(user))
+    ).one_or_none()
+    if row is None:
+        return None
+    study, patient, origin_name, item, pool_name = row
+    series = session.scalars(
+        select(Series)
+        .where(Series.study_pk == study.id)
+        .order_by(Series.series_number.is_(None), Series.series_number, Series.id)
+        .options(selectinload(Series.instances))
+    ).all()
+    return StudyDetail(
+        study_uid=study.study_uid,
+        accession_number=study.accession_number,
+        study_date=study.study_date,
+        study_time=study.study_time,
+        description=study.description,
+        modalities=study.modalities,
+        body_part=study.body_part,
+        origin=origin_name,
+        status=study.status,
+        received_at=study.received_at,
+        last_received_at=study.last_received_at,
+        processed_at=study.processed_at,
+        num_instances=study.num_instances,
+        validation_problems=list(study.validation_problems or []),
+        preview_available=study.preview_key is not None,
+        patient=PatientView.model_validate(patient),
+        series=[
+            SeriesView(
+                series_uid=s.series_uid,
+                modality=s.modality,
+                series_number=s.series_number,
+                description=s.description,
+                body_part=s.body_part,
+                instances=[
+                    InstanceView.model_validate(i)
+                    for i in sorted(
+                        s.instances,
+                        key=lambda i: (i.instance_number is None, i.instance_number or 0, i.id),
+                    )
+                ],
+            )
+            for s in series
+        ],
+        worklist_item=None
+        if item is None
+        else RoutingView(
+            pool=pool_name,
+            priority=item.priority,
+            status=item.status,
+            routed_at=item.routed_at,
+            due_at=item.due_at,
+            routing_rule=item.routing_rule,
+        ),
+    )

@@ -1,0 +1,420 @@
+"""Worklist and study read API: scoping by role and institution, decoded names, filters, paging,
+ordering, 404 without revealing existence, and the health probes (issue 2, item 6).
+
+Studies enter through the real filing door (``ingest.instance.file_instance``) as their devices
+would send them; routing is then simulated by adding the WorklistItem row the worker would add.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from remote_dx.api.app import create_app
+from remote_dx.core.clock import utcnow
+from remote_dx.core.db import get_engine
+from remote_dx.core.models import (
+    Device,
+    Institution,
+    Priority,
+    Role,
+    Study,
+    StudyStatus,
+    User,
+    WorklistItem,
+    WorklistStatus,
+)
+from remote_dx.core.security import hash_password
+from remote_dx.core.settings import Settings
+from remote_dx.ingest.instance import Sender, file_instance
+from remote_dx.storage.factory import get_store
+
+COUNTY, PROVINCE = "XXXRMYY", "HNSRMYY"
+XIPING, DINGHE = "XIPING", "DINGHE"
+NAMES = {
+    COUNTY: "西峡县人民医院",
+    PROVINCE: "河南省人民医院",
+    XIPING: "西坪镇卫生院",
+    DINGHE: "丁河镇卫生院",
+}
+DEVICE_OF = {
+    (XIPING, "DX"): "XIPING_DR",
+    (XIPING, "ECG"): "XIPING_ECG",
+    (DINGHE, "DX"): "DINGHE_DR",
+}
+SOP_CLASS = {"DX": "1.2.840.10008.5.1.4.1.1.1.1", "ECG": "1.2.840.10008.5.1.4.1.1.9.1.1"}
+RANK = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
+
+
+@dataclass
+class Case:
+    key: str
+    origin: str
+    modality: str
+    patient_name: str
+    charset: str
+    pool: str | None  # None: not routed yet
+    priority: Priority = Priority.ROUTINE
+    status: WorklistStatus = WorklistStatus.UNREAD
+    due_in: timedelta = timedelta(hours=24)
+    instances: int = 1
+    index_modalities: bool = True  # False: processing has not filled Study.modalities yet
+    study_uid: str = ""
+    received_at: datetime | None = None
+    due_at: datetime | None = None
+
+
+CASES = [
+    Case("xp-chest", XIPING, "DX", "王^小东", "GB18030", COUNTY, instances=2,
+         index_modalities=False),
+    Case("dh-stat", DINGHE, "DX", "李^娜", "ISO_IR 192", COUNTY, Priority.STAT,
+         due_in=timedelta(minutes=30)),
+    Case("xp-ecg", XIPING, "ECG", "张^伟", "GB18030", COUNTY, Priority.URGENT,
+         WorklistStatus.CLAIMED, due_in=timedelta(hours=2)),
+    Case("dh-consult", DINGHE, "DX", "赵^敏", "ISO_IR 192", PROVINCE, due_in=timedelta(hours=20)),
+    Case("xp-ecg-stat", XIPING, "ECG", "陈^静", "GB18030", PROVINCE, Priority.STAT,
+         due_in=timedelta(minutes=10)),
+    Case("dh-routine-2", DINGHE, "DX", "刘^洋", "ISO_IR 192", COUNTY, due_in=timedelta(hours=30)),
+    Case("xp-arriving", XIPING, "DX", "周^杰", "GB18030", None),
+]  # fmt: skip
+
+
+def dicom_bytes(case: Case, series_uid: str, number: int, patient_id: str) -> bytes:
+    ds = Dataset()
+    ds.SpecificCharacterSet = case.charset
+    ds.SOPClassUID = SOP_CLASS[case.modality]
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = case.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = case.modality
+    ds.PatientName = case.patient_name
+    ds.PatientID = patient_id
+    ds.PatientSex = "M"
+    ds.PatientBirthDate = "19650304"
+    ds.StudyDescription = "胸部正位" if case.modality == "DX" else "常规心电图"
+    ds.InstanceNumber = number
+    ds.SeriesNumber = 1
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def cases(settings: Settings, db: sessionmaker[Session]) -> dict[str, Case]:
+    store = get_store(settings)
+    with db() as session:
+        inst = {i.code: i for i in session.scalars(select(Institution))}
+        senders = {
+            key: Sender.of(session.scalar(select(Device).where(Device.ae_title == ae)))
+            for key, ae in DEVICE_OF.items()
+        }
+        session.add(
+            User(
+                username="stats",
+                full_name="统计员",
+                password_hash=hash_password("demo"),
+                role=Role.STATISTICIAN,
+                institution_id=inst[COUNTY].id,
+            )
+        )
+        session.commit()
+    result: dict[str, Case] = {}
+    for n, template in enumerate(CASES):
+        case = result[template.key] = replace(template, study_uid=generate_uid())
+        series_uid = generate_uid()
+        for number in range(1, case.instances + 1):
+            file_instance(
+                dicom_bytes(case, series_uid, number, f"P{n:04d}"),
+                store=store,
+                sessions=db,
+                sender=senders[(case.origin, case.modality)],
+            )
+        with db() as session, session.begin():
+            study = session.scalar(select(Study).where(Study.study_uid == case.study_uid))
+            case.received_at = study.received_at
+            if case.pool is None:
+                continue
+            study.status = StudyStatus.PROCESSED
+            study.processed_at = utcnow()
+            study.modalities = case.modality if case.index_modalities else None
+            case.due_at = study.received_at + case.due_in
+            session.add(
+                WorklistItem(
+                    study_pk=study.id,
+                    pool_id=inst[case.pool].id,
+                    priority=case.priority,
+                    status=case.status,
+                    due_at=case.due_at,
+                    routing_rule="test",
+                )
+            )
+    return result
+
+
+@pytest.fixture
+def client(settings: Settings, cases: dict[str, Case]) -> TestClient:
+    return TestClient(create_app(settings))
+
+
+def auth(client: TestClient, username: str) -> dict[str, str]:
+    # Logging in costs an argon2 verification (~0.2 s); one per user and client is enough.
+    tokens: dict[str, str] = client.__dict__.setdefault("rdx_tokens", {})
+    if username not in tokens:
+        response = client.post(
+            "/api/v1/auth/token", data={"username": username, "password": "demo"}
+        )
+        assert response.status_code == 200, response.text
+        tokens[username] = response.json()["access_token"]
+    return {"Authorization": f"Bearer {tokens[username]}"}
+
+
+def expected_order(cases: list[Case]) -> list[str]:
+    ordered = sorted(cases, key=lambda c: (RANK[c.priority], c.due_at))
+    return [c.study_uid for c in ordered]
+
+
+def worklist(client: TestClient, username: str, **params) -> dict:
+    response = client.get("/api/v1/worklist", headers=auth(client, username), params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def routed(cases: dict[str, Case]) -> list[Case]:
+    return [c for c in cases.values() if c.pool is not None]
+
+
+@pytest.mark.parametrize(
+    ("username", "visible"),
+    [
+        ("county_reader", lambda c: c.pool == COUNTY),
+        ("province_reader", lambda c: c.pool == PROVINCE),
+        ("tech_xiping", lambda c: c.origin == XIPING),
+        ("admin", lambda c: True),
+        ("stats", lambda c: False),
+    ],
+)
+def test_each_user_sees_only_their_scope_stat_first_then_by_due(
+    client: TestClient, cases: dict[str, Case], username: str, visible
+) -> None:
+    mine = [c for c in routed(cases) if visible(c)]
+    listing = worklist(client, username)
+    assert [i["study_uid"] for i in listing["items"]] == expected_order(mine)
+    assert listing["total"] == len(mine)
+
+
+def test_item_fields_decoded_and_in_utc(client: TestClient, cases: dict[str, Case]) -> None:
+    items = {i["study_uid"]: i for i in worklist(client, "county_reader")["items"]}
+    chest = cases["xp-chest"]
+    item = items[chest.study_uid]
+    assert item["patient_name"] == "王^小东"  # GB18030 on the wire, '^' kept
+    assert items[cases["dh-stat"].study_uid]["patient_name"] == "李^娜"  # ISO_IR 192
+    assert item["patient_id"] == "P0000"
+    assert item["patient_sex"] == "M"
+    assert item["patient_birth_date"] == "19650304"
+    assert item["modality"] == "DX"  # from the series: Study.modalities not indexed yet
+    assert items[cases["xp-ecg"].study_uid]["modality"] == "ECG"
+    assert item["study_description"] == "胸部正位"
+    assert item["origin"] == "西坪镇卫生院"
+    assert item["pool"] == "西峡县人民医院"
+    assert item["priority"] == "routine"
+    assert item["status"] == "unread"
+    assert item["num_instances"] == 2
+    for field, value in (("received_at", chest.received_at), ("due_at", chest.due_at)):
+        assert item[field].endswith("Z")
+        assert datetime.fromisoformat(item[field]) == value.replace(
+            microsecond=value.microsecond // 1000 * 1000
+        )
+
+
+def test_filters_paging_and_total(client: TestClient, cases: dict[str, Case]) -> None:
+    county = [c for c in routed(cases) if c.pool == COUNTY]
+
+    def uids(**params) -> list[str]:
+        return [i["study_uid"] for i in worklist(client, "county_reader", **params)["items"]]
+
+    assert uids(status="claimed") == expected_order(
+        [c for c in county if c.status is WorklistStatus.CLAIMED]
+    )
+    assert uids(status=["claimed", "unread"]) == expected_order(county)
+    assert uids(priority="stat") == expected_order(
+        [c for c in county if c.priority is Priority.STAT]
+    )
+    ecg = expected_order([c for c in county if c.modality == "ECG"])
+    assert uids(modality="ECG") == ecg
+    assert uids(modality="ecg") == ecg
+    assert uids(modality="MR") == []
+    assert uids(modality="DX", priority="routine") == expected_order(
+        [c for c in county if c.modality == "DX" and c.priority is Priority.ROUTINE]
+    )
+
+    everything = expected_order(county)
+    page = worklist(client, "county_reader", limit=2, offset=1)
+    assert [i["study_uid"] for i in page["items"]] == everything[1:3]
+    assert page["total"] == len(county)
+    beyond = worklist(client, "county_reader", limit=2, offset=len(county))
+    assert beyond == {"items": [], "total": len(county)}
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"status": "lost"}, "query parameter 'status"),
+        ({"priority": "asap"}, "query parameter 'priority"),
+        ({"limit": 0}, "query parameter 'limit'"),
+        ({"limit": 501}, "query parameter 'limit'"),
+        ({"limit": "ten"}, "query parameter 'limit'"),
+        ({"offset": -1}, "query parameter 'offset'"),
+    ],
+)
+def test_bad_query_parameters_are_422_with_a_message(
+    client: TestClient, params: dict, fragment: str
+) -> None:
+    response = client.get("/api/v1/worklist", headers=auth(client, "county_reader"), params=params)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    assert fragment in detail
+
+
+def test_one_query_for_rows_regardless_of_page_size(
+    client: TestClient, settings: Settings, cases: dict[str, Case]
+) -> None:
+    headers = auth(client, "admin")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = get_engine(settings)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        counts = []
+        for limit in (1, 500):
+            statements.clear()
+            assert (
+                client.get("/api/v1/worklist", headers=headers, params={"limit": limit}).status_code
+                == 200
+            )
+            counts.append(len(statements))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    # user lookup + rows + count, whether the page holds 1 item or all of them.
+    assert counts == [3, 3]
+
+
+def study(client: TestClient, username: str, uid: str):
+    return client.get(f"/api/v1/studies/{uid}", headers=auth(client, username))
+
+
+def test_study_detail(client: TestClient, cases: dict[str, Case]) -> None:
+    chest = cases["xp-chest"]
+    response = study(client, "county_reader", chest.study_uid)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["study_uid"] == chest.study_uid
+    assert body["patient"]["name"] == "王^小东"
+    assert body["patient"]["patient_id"] == "P0000"
+    assert body["patient"]["issuer"] == XIPING
+    assert body["origin"] == "西坪镇卫生院"
+    assert body["status"] == "processed"
+    assert body["num_instances"] == 2
+    assert body["preview_available"] is False
+    assert body["validation_problems"] == []
+    [series] = body["series"]
+    assert series["modality"] == "DX"
+    assert [i["instance_number"] for i in series["instances"]] == [1, 2]
+    for instance in series["instances"]:
+        assert instance["sop_class_uid"] == SOP_CLASS["DX"]
+        assert instance["transfer_syntax_uid"] == ExplicitVRLittleEndian
+        assert instance["size_bytes"] > 0
+    routing = body["worklist_item"]
+    assert routing["pool"] == "西峡县人民医院"
+    assert routing["priority"] == "routine"
+    assert datetime.fromisoformat(routing["due_at"]).replace(microsecond=0) == (
+        chest.due_at.replace(microsecond=0)
+    )
+
+
+def test_study_scoping_never_reveals_existence(client: TestClient, cases: dict[str, Case]) -> None:
+    consult = cases["dh-consult"].study_uid
+    arriving = cases["xp-arriving"].study_uid
+    missing = generate_uid()
+
+    foreign = study(client, "county_reader", consult)
+    absent = study(client, "county_reader", missing)
+    assert foreign.status_code == absent.status_code == 404
+    assert foreign.json()["detail"] == f"study {consult} not found"
+    assert absent.json()["detail"] == f"study {missing} not found"
+
+    assert study(client, "province_reader", consult).status_code == 200
+    assert study(client, "tech_xiping", consult).status_code == 404  # from 丁河, not 西坪
+    assert study(client, "stats", consult).status_code == 404
+
+    # Not routed yet: its own township follows it; no reader pool sees it.
+    own = study(client, "tech_xiping", arriving)
+    assert own.status_code == 200
+    assert own.json()["worklist_item"] is None
+    assert own.json()["status"] == "receiving"
+    assert study(client, "county_reader", arriving).status_code == 404
+    assert study(client, "admin", arriving).status_code == 200
+
+
+def test_malformed_uid_and_no_token(client: TestClient, cases: dict[str, Case]) -> None:
+    response = study(client, "admin", "not-a-uid")
+    assert response.status_code == 422
+    assert "path parameter 'study_uid'" in response.json()["detail"]
+    assert study(client, "admin", "1" * 65).status_code == 422
+    uid = cases["xp-chest"].study_uid
+    assert client.get(f"/api/v1/studies/{uid}").status_code == 401
+
+
+def test_health_and_readiness(client: TestClient, settings: Settings) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "broker": "ok"}
+
+    # The object store's root replaced by a plain file: nothing can be stored any more.
+    shutil.rmtree(settings.storage_dir)
+    settings.storage_dir.write_bytes(b"")
+    broken = client.get("/readyz")
+    assert broken.status_code == 503
+    body = broken.json()
+    assert body["failing"] == ["storage"]
+    assert "storage" in body["detail"]
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["storage"].startswith("StorageUnavailable")
+
+    settings.storage_dir.unlink()
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_names_an_unreachable_broker(settings: Settings, db) -> None:
+    from tests.support import free_port
+
+    dead = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    response = TestClient(create_app(dead)).get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["broker"]
+
+
+def test_openapi_docs(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert schema["info"]["title"] == "remote_dx"
+    assert {"/api/v1/auth/token", "/api/v1/worklist", "/api/v1/studies/{study_uid}"} <= set(
+        schema["paths"]
+    )
