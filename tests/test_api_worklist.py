@@ -8,6 +8,7 @@ would send them; routing is then simulated by adding the WorklistItem row the wo
 from __future__ import annotations
 
 import shutil
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -16,12 +17,13 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_engine
+from remote_dx.core.db import dispose_engines, get_engine, get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     Device,
     Institution,
@@ -33,10 +35,12 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
+from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.security import hash_password
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.factory import get_store
+from tests.support import DEMO_NETWORK, free_port
 
 COUNTY, PROVINCE = "XXXRMYY", "HNSRMYY"
 XIPING, DINGHE = "XIPING", "DINGHE"
@@ -112,8 +116,8 @@ def dicom_bytes(case: Case, series_uid: str, number: int, patient_id: str) -> by
     return out.getvalue()
 
 
-@pytest.fixture
-def cases(settings: Settings, db: sessionmaker[Session]) -> dict[str, Case]:
+def populate(settings: Settings, db: sessionmaker[Session]) -> dict[str, Case]:
+    """File every case's instances as its device would send them, then route the routed ones."""
     store = get_store(settings)
     with db() as session:
         inst = {i.code: i for i in session.scalars(select(Institution))}
@@ -165,6 +169,11 @@ def cases(settings: Settings, db: sessionmaker[Session]) -> dict[str, Case]:
 
 
 @pytest.fixture
+def cases(settings: Settings, db: sessionmaker[Session]) -> dict[str, Case]:
+    return populate(settings, db)
+
+
+@pytest.fixture
 def client(settings: Settings, cases: dict[str, Case]) -> TestClient:
     return TestClient(create_app(settings))
 
@@ -196,16 +205,16 @@ def routed(cases: dict[str, Case]) -> list[Case]:
     return [c for c in cases.values() if c.pool is not None]
 
 
-@pytest.mark.parametrize(
-    ("username", "visible"),
-    [
-        ("county_reader", lambda c: c.pool == COUNTY),
-        ("province_reader", lambda c: c.pool == PROVINCE),
-        ("tech_xiping", lambda c: c.origin == XIPING),
-        ("admin", lambda c: True),
-        ("stats", lambda c: False),
-    ],
-)
+SCOPES = [
+    ("county_reader", lambda c: c.pool == COUNTY),
+    ("province_reader", lambda c: c.pool == PROVINCE),
+    ("tech_xiping", lambda c: c.origin == XIPING),
+    ("admin", lambda c: True),
+    ("stats", lambda c: False),
+]
+
+
+@pytest.mark.parametrize(("username", "visible"), SCOPES)
 def test_each_user_sees_only_their_scope_stat_first_then_by_due(
     client: TestClient, cases: dict[str, Case], username: str, visible
 ) -> None:
@@ -403,8 +412,6 @@ def test_health_and_readiness(client: TestClient, settings: Settings) -> None:
 
 
 def test_readiness_names_an_unreachable_broker(settings: Settings, db) -> None:
-    from tests.support import free_port
-
     dead = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
     response = TestClient(create_app(dead)).get("/readyz")
     assert response.status_code == 503
@@ -418,3 +425,40 @@ def test_openapi_docs(client: TestClient) -> None:
     assert {"/api/v1/auth/token", "/api/v1/worklist", "/api/v1/studies/{study_uid}"} <= set(
         schema["paths"]
     )
+
+
+@pytest.mark.postgres
+def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_url: str) -> None:
+    # A database of its own: other suites may be using the shared one at the same time.
+    name = f"rdx_api_{uuid.uuid4().hex[:12]}"
+    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        pg = settings.model_copy(
+            update={"database_url": postgres_url.rsplit("/", 1)[0] + "/" + name}
+        )
+        upgrade(pg)
+        with session_scope(pg) as session:
+            apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+        cases = populate(pg, get_sessionmaker(pg))
+        client = TestClient(create_app(pg))
+        for username, visible in SCOPES:
+            mine = [c for c in routed(cases) if visible(c)]
+            listing = worklist(client, username)
+            assert [i["study_uid"] for i in listing["items"]] == expected_order(mine), username
+            assert listing["total"] == len(mine)
+        ecg = [c for c in routed(cases) if c.pool == COUNTY and c.modality == "ECG"]
+        assert [
+            i["study_uid"] for i in worklist(client, "county_reader", modality="ECG")["items"]
+        ] == expected_order(ecg)
+        chest = study(client, "county_reader", cases["xp-chest"].study_uid)
+        assert chest.status_code == 200
+        assert chest.json()["patient"]["name"] == "王^小东"
+        assert study(client, "county_reader", cases["dh-consult"].study_uid).status_code == 404
+        assert client.get("/readyz").status_code == 200
+    finally:
+        dispose_engines()
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()

@@ -94,7 +94,15 @@ def _first_series_modality() -> ColumnElement[str | None]:
     )
 
 
+def _needs_study(user: User, query: WorklistQuery) -> bool:
+    return Role(user.role) is Role.TECHNICIAN or bool(query.modalities)
+
+
 def _filtered(statement: Select, user: User, query: WorklistQuery) -> Select:  # type: ignore[type-arg]
+    """Add the scope and filters to a statement over ``worklist_items``, joining ``studies`` only
+    when the scope or a filter needs it (neither SQLite nor PostgreSQL drops an unused join)."""
+    if _needs_study(user, query):
+        statement = statement.join(Study, Study.id == WorklistItem.study_pk)
     statement = statement.where(visibility(user))
     if query.statuses:
         statement = statement.where(WorklistItem.status.in_(list(query.statuses)))
@@ -110,10 +118,30 @@ def _filtered(statement: Select, user: User, query: WorklistQuery) -> Select:  #
 
 
 def list_worklist(session: Session, user: User, query: WorklistQuery) -> WorklistPage:
-    """The worklist page ``user`` may see: STAT first, then by due time."""
+    """The worklist page ``user`` may see: STAT first, then by due time.
+
+    One statement: the page is chosen on narrow ``worklist_items`` rows (sorting a pool of tens
+    of thousands of items costs little there), and only the page's rows are joined to the study,
+    patient and institution names.
+    """
     limit = max(1, min(query.limit, MAX_PAGE))
     offset = max(0, query.offset)
-    rows_statement = _filtered(
+    page = (
+        _filtered(
+            select(
+                WorklistItem.id.label("item_id"),
+                PRIORITY_RANK.label("rank"),
+                WorklistItem.due_at.label("due_at"),
+            ).select_from(WorklistItem),
+            user,
+            query,
+        )
+        .order_by(PRIORITY_RANK, WorklistItem.due_at, WorklistItem.id)
+        .limit(limit)
+        .offset(offset)
+        .subquery("page")
+    )
+    rows = session.execute(
         select(
             Study.study_uid,
             Patient.patient_id,
@@ -130,29 +158,17 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
             WorklistItem.due_at,
             Study.num_instances,
         )
-        .select_from(WorklistItem)
+        .select_from(page)
+        .join(WorklistItem, WorklistItem.id == page.c.item_id)
         .join(Study, Study.id == WorklistItem.study_pk)
         .join(Patient, Patient.id == Study.patient_pk)
         .join(_origin, _origin.id == Study.origin_id)
-        .join(_pool, _pool.id == WorklistItem.pool_id),
-        user,
-        query,
-    )
-    rows = session.execute(
-        rows_statement.order_by(PRIORITY_RANK, WorklistItem.due_at, WorklistItem.id)
-        .limit(limit)
-        .offset(offset)
+        .join(_pool, _pool.id == WorklistItem.pool_id)
+        .order_by(page.c.rank, page.c.due_at, page.c.item_id)
     ).all()
-    count_statement = _filtered(
-        select(func.count(WorklistItem.id))
-        .select_from(WorklistItem)
-        .join(Study, Study.id == WorklistItem.study_pk),
-        user,
-        query,
-    )
-    total = session.scalar(count_statement) or 0
+    total = session.scalar(_filtered(select(func.count()).select_from(WorklistItem), user, query))
     return WorklistPage(
-        items=[WorklistEntry.model_validate(row._mapping) for row in rows], total=total
+        items=[WorklistEntry.model_validate(row._mapping) for row in rows], total=total or 0
     )
 
 
