@@ -462,3 +462,17 @@ def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_url
         with server.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+def test_database_down_is_503_with_a_message(settings: Settings) -> None:
+    dead = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"}
+    )
+    client = TestClient(create_app(dead))
+    login = client.post("/api/v1/auth/token", data={"username": "admin", "password": "demo"})
+    assert login.status_code == 503
+    assert login.json() == {"detail": "the database is unavailable right now; retry shortly"}
+    assert login.headers["retry-after"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == ["database"]

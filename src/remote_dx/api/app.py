@@ -79,6 +79,12 @@ async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # A bug of ours, not the client's: logged with its traceback, answered in the usual shape.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -96,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for error in (StorageUnavailable, DatabaseUnavailable, OperationalError):
         app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(Exception, _internal_error)
 
     app.include_router(health.router)
     app.include_router(auth.router)
