@@ -1,0 +1,373 @@
+"""The hub's DICOM receiver: Verification and Storage SCP (PS3.4 Annexes A and B) on pynetdicom.
+
+* Only registered, enabled devices may associate: the calling AE title (PS3.8 §7.1.1.5) is looked
+  up in the database on every association request, so a device added while the receiver runs is
+  accepted at once. Others get A-ASSOCIATE-RJ "rejected-permanent / calling AE title not
+  recognised" (PS3.8 §7.1.1.9).
+* Each instance is stored exactly as received (same transfer syntax, no decoding) through
+  :func:`remote_dx.ingest.instance.file_instance`; success 0x0000 is answered only once that
+  returns, i.e. once the bytes are durable and the index row is committed.
+* Failure statuses (PS3.4 B.2.3): 0xA700 "Refused: out of resources" when the object store or the
+  database is down (the modality retries later); 0xC000 "Cannot understand" for a corrupt,
+  truncated or UID-less dataset; 0x0110 "Processing failure" (PS3.7 C.4) for anything unforeseen.
+  Every failure carries an Error Comment; the receiver never stops serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from remote_dx.core.db import get_sessionmaker
+from remote_dx.core.errors import (
+    DatabaseUnavailable,
+    InvalidInstance,
+    StorageUnavailable,
+)
+from remote_dx.core.models import Device
+from remote_dx.core.settings import Settings
+from remote_dx.ingest.instance import Sender, file_instance
+from remote_dx.ingest.presentation import supported_contexts
+from remote_dx.ingest.transport import MAX_PDU_SIZE, set_tcp_nodelay
+from remote_dx.storage.base import ObjectStore
+from remote_dx.storage.factory import get_store
+
+log = logging.getLogger(__name__)
+
+# C-STORE response statuses (PS3.4 Table B.2-1, PS3.7 Annex C).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ fields (PS3.8 Table 9-21).
+_REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
+_SOURCE_SERVICE_USER = 0x01
+_NO_REASON, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x03
+
+_ERROR_COMMENT_MAX = 64  # (0000,0902) is LO
+
+
+class DeviceDirectory:
+    """Calling AE title → :class:`Sender`, read from the devices table.
+
+    The database is asked on every association request (one indexed row; devices may be added
+    or disabled while the receiver runs). When the database cannot be reached, the last answer
+    seen for that AE title is used, so a known modality can still associate and receive the
+    proper 0xA700 per instance rather than a rejected association.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._known: dict[str, Sender] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, ae_title: str) -> Sender | None:
+        """The registered, enabled device with this AE title, or None.
+
+        Raises DatabaseUnavailable when the database is down and the AE title was never seen.
+        """
+        try:
+            with self._sessions() as session:
+                device = session.scalar(
+                    select(Device)
+                    .options(joinedload(Device.institution))
+                    .where(Device.ae_title == ae_title, Device.enabled.is_(True))
+                )
+                sender = Sender.of(device) if device is not None else None
+        except SQLAlchemyError as exc:
+            with self._lock:
+                cached = self._known.get(ae_title)
+            if cached is None:
+                raise DatabaseUnavailable(str(exc)) from exc
+            log.warning("device lookup failed, using last known entry for %s: %s", ae_title, exc)
+            return cached
+        with self._lock:
+            if sender is None:
+                self._known.pop(ae_title, None)
+            else:
+                self._known[ae_title] = sender
+        return sender
+
+
+@dataclass
+class _Peer:
+    """What one association knows about its sender, plus counts for the closing log line."""
+
+    sender: Sender
+    address: str
+    stored: int = 0
+    failed: int = 0
+    ended: str = "closed"
+    started: float = field(default_factory=time.monotonic)
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_MAX]
+    return status
+
+
+class StorageSCP:
+    """The event handlers of one receiver; association state is kept per association."""
+
+    def __init__(
+        self, store: ObjectStore, sessions: sessionmaker[Session], directory: DeviceDirectory
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.directory = directory
+        self._peers: weakref.WeakKeyDictionary[Association, _Peer] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[tuple[evt.EventType, object]]:
+        return [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_ended),
+            (evt.EVT_ABORTED, self.on_ended),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+        ]
+
+    def peer(self, assoc: Association) -> _Peer | None:
+        with self._lock:
+            return self._peers.get(assoc)
+
+    # -- association ----------------------------------------------------------------------
+
+    def on_requested(self, event: Event) -> None:
+        """EVT_REQUESTED: accept only registered devices (before any context negotiation)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        try:
+            sender = self.directory.lookup(calling)
+        except Exception as exc:  # an exception left here would accept the association
+            log.error("association from %r (%s) refused for now: %s", calling, address, exc)
+            _reject(assoc, _REJECTED_TRANSIENT, _NO_REASON)
+            return
+        if sender is None:
+            log.warning(
+                "association from %r (%s) rejected: calling AE title not recognised",
+                calling,
+                address,
+            )
+            _reject(assoc, _REJECTED_PERMANENT, _CALLING_AE_NOT_RECOGNISED)
+            return
+        with self._lock:
+            self._peers[assoc] = _Peer(sender=sender, address=address)
+
+    def on_established(self, event: Event) -> None:
+        peer = self.peer(event.assoc)
+        if peer is not None:
+            log.info(
+                "association from %s (%s) accepted, %d presentation contexts",
+                peer.sender.ae_title,
+                peer.address,
+                len(event.assoc.accepted_contexts),
+            )
+
+    def on_ended(self, event: Event) -> None:
+        peer = self.peer(event.assoc)
+        if peer is not None:
+            peer.ended = "released" if event.event is evt.EVT_RELEASED else "aborted"
+
+    def on_closed(self, event: Event) -> None:
+        with self._lock:
+            peer = self._peers.pop(event.assoc, None)
+        if peer is not None:
+            log.info(
+                "association from %s %s after %.1f s: %d stored, %d failed",
+                peer.sender.ae_title,
+                peer.ended,
+                time.monotonic() - peer.started,
+                peer.stored,
+                peer.failed,
+            )
+
+    # -- DIMSE ----------------------------------------------------------------------------
+
+    def on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: Event) -> int | Dataset:
+        """EVT_C_STORE: file the instance as received; answer only when it is durable."""
+        peer = self.peer(event.assoc)
+        if peer is None:  # cannot happen: on_requested rejects associations without a sender
+            return _status(PROCESSING_FAILURE, "association has no registered sender")
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            data = part10_bytes(event, peer.sender.ae_title)
+            filed = file_instance(
+                data, store=self.store, sessions=self.sessions, sender=peer.sender
+            )
+        except InvalidInstance as exc:
+            peer.failed += 1
+            log.warning("C-STORE %s from %s: invalid: %s", sop_uid, peer.sender.ae_title, exc)
+            return _status(CANNOT_UNDERSTAND, f"invalid instance: {exc}")
+        except (StorageUnavailable, DatabaseUnavailable, SQLAlchemyError) as exc:
+            peer.failed += 1
+            what = "database" if not isinstance(exc, StorageUnavailable) else "storage"
+            log.error(
+                "C-STORE %s from %s: %s unavailable: %s", sop_uid, peer.sender.ae_title, what, exc
+            )
+            return _status(OUT_OF_RESOURCES, f"{what} unavailable, retry later")
+        except Exception as exc:
+            peer.failed += 1
+            log.exception("C-STORE %s from %s: unexpected failure", sop_uid, peer.sender.ae_title)
+            return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+        peer.stored += 1
+        log.debug(
+            "C-STORE %s from %s stored%s",
+            filed.sop_instance_uid,
+            peer.sender.ae_title,
+            " (duplicate)" if filed.duplicate else "",
+        )
+        return SUCCESS
+
+
+def part10_bytes(event: Event, source_ae: str) -> bytes:
+    """The received data set as a Part 10 file (PS3.10 §7.1), without decoding it.
+
+    The file meta comes from the C-STORE request and the accepted presentation context; the
+    data set bytes are kept exactly as they arrived (deflated, encapsulated or not).
+    """
+    meta = FileMetaDataset(event.file_meta)
+    meta.SourceApplicationEntityTitle = source_ae
+    header = DicomBytesIO()
+    header.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(header, meta, enforce_standard=True)
+    stream = event.request.DataSet
+    payload = stream.getbuffer() if hasattr(stream, "getbuffer") else stream.read()
+    try:
+        return b"".join((header.getvalue(), payload))
+    finally:
+        if isinstance(payload, memoryview):
+            payload.release()
+
+
+def _reject(assoc: Association, result: int, diagnostic: int) -> None:
+    """Send A-ASSOCIATE-RJ from an EVT_REQUESTED handler, as pynetdicom's own ACSE does."""
+    assoc.acse.send_reject(result, _SOURCE_SERVICE_USER, diagnostic)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+@dataclass
+class Receiver:
+    """A running receiver; :meth:`stop` shuts it down."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+    scp: StorageSCP
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.server.server_address[0])
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return self.server.active_associations
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let running associations finish for up to ``timeout`` s, abort the rest.
+
+        An aborted association's unanswered instance is simply re-sent by the modality.
+        """
+        self.server.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.server.active_associations:
+            assoc.abort()
+        self.ae.shutdown()
+        log.info("DICOM receiver %s stopped", self.ae.ae_title)
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def make_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts()
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.maximum_pdu_size = MAX_PDU_SIZE
+    # Modalities are often configured with a generic called AE title; the calling AE title is
+    # what identifies (and authorises) the sender.
+    ae.require_called_aet = False
+    return ae
+
+
+def start_receiver(
+    settings: Settings,
+    *,
+    store: ObjectStore | None = None,
+    sessions: sessionmaker[Session] | None = None,
+) -> Receiver:
+    """Start the receiver in background threads and return at once (the schema must exist)."""
+    sessions = sessions or get_sessionmaker(settings)
+    scp = StorageSCP(store or get_store(settings), sessions, DeviceDirectory(sessions))
+    ae = make_ae(settings)
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_port),
+        block=False,
+        evt_handlers=scp.handlers(),  # type: ignore[arg-type]
+    )
+    assert server is not None
+    receiver = Receiver(ae=ae, server=server, scp=scp)
+    log.info(
+        "DICOM receiver %s listening on %s:%d (max %d associations)",
+        settings.ae_title,
+        receiver.host,
+        receiver.port,
+        settings.dicom_max_associations,
+    )
+    return receiver
+
+
+def run_receiver(settings: Settings) -> None:
+    """Run the receiver in the foreground until Ctrl-C or SIGTERM (``remote-dx scp``)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    # pynetdicom narrates every PDU at INFO; our own lines say what matters.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    receiver = start_receiver(settings)
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.stop(timeout=10.0)
