@@ -1,0 +1,2 @@
+"""Imaging: pixel decoding for every transfer syntax pydicom + pylibjpeg can read, windowing,
+previews."""

@@ -1,0 +1,1 @@
+"""Routing: which reading pool gets a study, with what priority and by when (SLA)."""
