@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         300, description="Seconds before Redis redelivers an unacknowledged task (Celery: 1 h)."
     )
     broker_polling_interval: float = 0.1
+    broker_queue: str = Field(
+        "remote_dx", description="Celery queue name; hubs sharing one broker need distinct names."
+    )
     embedded_worker: bool = True
     worker_concurrency: int = 2
 
