@@ -340,6 +340,8 @@ def print_ratios(results: list[Result]) -> bool:
         all_met = all_met and ratio >= TARGET_RATIO
     if any_ratio:
         print("TARGET MET on every corpus" if all_met else "BELOW TARGET on at least one corpus")
+    elif not failed:
+        print("  (no ratio: Orthanc and at least one of our modes must both run)")
     print()
     return all_met
 
