@@ -1,0 +1,1 @@
+"""ECG: one internal model, readers for the formats carts export, analysis and rendering."""
