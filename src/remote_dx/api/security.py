@@ -13,6 +13,7 @@ once), so no role or institution claim in a token is ever trusted for scoping.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -38,9 +39,12 @@ TOKEN_TYPE = "access"  # a "refresh" type can join later without old tokens bein
 ISSUER = "remote_dx"
 _MIN_SECRET_LENGTH = 32
 
-# Verifying a password against this hash when the username is unknown makes both failures take
-# the same time, so response timing does not tell which usernames exist.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Verifying a password against this hash when the username is unknown makes both failures
+    # take the same time, so response timing does not tell which usernames exist.
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class AuthenticationError(Exception):
@@ -110,7 +114,7 @@ def authenticate(session: Session, username: str, password: str) -> User:
     """
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         raise AuthenticationError("incorrect username or password")
     if not verify_password(user.password_hash, password):
         raise AuthenticationError("incorrect username or password")
