@@ -103,3 +103,7 @@ def dcmtk() -> str:
     if path is None:
         pytest.skip("dcmtk is not installed (apt-get install dcmtk)")
     return path
+
+
+# Real S3 (SeaweedFS) fixtures, kept in their own module.
+from tests.s3_server import s3_server, s3_settings  # noqa: E402,F401
