@@ -23,7 +23,7 @@ from remote_dx.core.settings import Settings
 from remote_dx.ingest.charset import decode_element
 from remote_dx.ingest.study import sweep_ready_studies
 from remote_dx.ingest.validation import validate_study
-from tests.test_pipeline import file, make_dx, part10, quiet_over
+from tests.test_pipeline import file, make_dx, part10, quiet_over, run_task
 
 PATIENT_NAME = Tag(0x0010, 0x0010)
 
@@ -133,7 +133,7 @@ def test_worker_indexes_the_name_and_description_in_the_study_charset(
     file(settings, db, _part10_with_raw(ds, {"PatientName": raw, "StudyDescription": description}))
     quiet_over(settings)
     assert sweep_ready_studies(db, quiet_seconds=settings.quiet_seconds) == [study_uid]
-    assert tasks.process_study.apply(args=[study_uid]).get()["result"] == "processed"
+    assert run_task(study_uid)["result"] == "processed"
     with db() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         assert study is not None and study.status == StudyStatus.PROCESSED

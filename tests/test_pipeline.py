@@ -137,7 +137,11 @@ def quiet_over(settings: Settings) -> None:
 
 
 def run_task(study_uid: str) -> dict:
-    return tasks.process_study.apply(args=[study_uid]).get()
+    """Run the Celery task in this process, as a worker would (no broker)."""
+    result = tasks.process_study.apply(args=[study_uid])
+    assert result.successful(), result.traceback
+    # .result, not .get(): .get() refuses to run once a worker has run in this process.
+    return result.result
 
 
 @pytest.fixture

@@ -30,7 +30,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.clock import utcnow
-from remote_dx.core.models import Instance, Patient, Priority, Series, Study, StudyStatus
+from remote_dx.core.models import (
+    Instance,
+    Patient,
+    Priority,
+    Series,
+    Study,
+    StudyStatus,
+    TaskRun,
+)
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
 from remote_dx.ingest.charset import charsets_of, decode_element
 from remote_dx.ingest.validation import validate_study
@@ -96,8 +104,12 @@ def process_study(
     store: ObjectStore,
     now: datetime | None = None,
     force: bool = False,
+    task_name: str | None = None,
 ) -> ProcessOutcome:
     """Index, preview, validate and route one study (see the module docstring).
+
+    With ``task_name``, that task's TaskRun is marked succeeded in the publishing transaction,
+    so a PROCESSED study always has a succeeded run.
 
     Raises StudyNotFound, StorageUnavailable / DatabaseUnavailable / OperationalError
     (transient: retry) and ObjectNotFound (an indexed instance is missing from the store).
@@ -162,6 +174,7 @@ def process_study(
                 modalities,
                 priority,
                 now or utcnow(),
+                task_name,
             )
         except IntegrityError:
             # A concurrent delivery inserted the worklist item first; the second pass updates it.
@@ -180,6 +193,7 @@ def _publish(
     modalities: list[str],
     priority: Priority | None,
     now: datetime,
+    task_name: str | None,
 ) -> ProcessOutcome:
     with sessions() as session, session.begin():
         result = session.execute(
@@ -220,6 +234,13 @@ def _publish(
         assert study is not None
         _update_patient(study.patient, index)
         item = route_study(session, study, modalities=modalities, priority=priority, now=now)
+        if task_name is not None:
+            session.execute(
+                update(TaskRun)
+                .where(TaskRun.study_pk == study.id, TaskRun.task_name == task_name)
+                .values(status="succeeded", error=None, finished_at=now)
+                .execution_options(synchronize_session=False)
+            )
         session.flush()
         item_id = item.id
     log.info("study %s processed (revision %d, %d problems)", study_uid, revision, len(problems))

@@ -52,6 +52,7 @@ from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.ingest.study import (
+    PROCESS_STUDY,
     RUN_FAILED,
     RUN_RETRYING,
     RUN_SUCCEEDED,
@@ -121,7 +122,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.broker_url
     if not url:
         folders = broker_folders(settings)
-        config["broker_url"] = "filesystem://"
+        config["broker_url"] = "filesystem://localhost/"
         config["broker_transport_options"] = {
             # One folder for in and out: every process both publishes and consumes.
             "data_folder_in": str(folders.queue),
@@ -157,14 +158,10 @@ def configure(settings: Settings, *, make_folders: bool = True) -> Celery:
     global _settings
     _settings = settings
     app.conf.update(celery_config(settings))
-    # Connections made for a previous configuration must not be reused.
-    pool = app._pool
-    if pool is not None:
-        try:
-            pool.force_close_all()
-        except Exception:  # a pool on a dead broker may fail to close; it is dropped anyway
-            log.debug("closing the old broker pool failed", exc_info=True)
-    app._after_fork()  # drops the connection and producer pools (public effect, private name)
+    # Drop the app's references to connection/producer pools made for a previous configuration
+    # (kombu keeps one pool per broker URL and options, so closing it here would break a later
+    # configuration with the same broker).
+    app._after_fork()
     if make_folders:
         _ensure_broker_folders(settings)
     app.set_default()  # pool threads look the app up as the default one
@@ -203,7 +200,9 @@ def process_study(self: Any, study_uid: str) -> dict[str, Any]:
     attempt = start_run(sessions, study_uid)
     started = time.perf_counter()
     try:
-        outcome = pipeline.process_study(study_uid, sessions=sessions, store=get_store(settings))
+        outcome = pipeline.process_study(
+            study_uid, sessions=sessions, store=get_store(settings), task_name=PROCESS_STUDY
+        )
     except TRANSIENT_ERRORS as exc:
         _record_quietly(sessions, study_uid, RUN_RETRYING, f"{type(exc).__name__}: {exc}")
         log.warning("process_study %s: %s (retry %d)", study_uid, exc, self.request.retries)
@@ -220,7 +219,8 @@ def process_study(self: Any, study_uid: str) -> dict[str, Any]:
         else:
             log.exception("process_study %s failed (attempt %d)", study_uid, attempt)
         return {"study_uid": study_uid, "result": "failed", "error": str(exc)}
-    finish_run(sessions, study_uid, status=RUN_SUCCEEDED)
+    if outcome.result != "processed":  # "processed" recorded its run in the same transaction
+        finish_run(sessions, study_uid, status=RUN_SUCCEEDED)
     log.info(
         "process_study %s: %s in %.2fs (attempt %d)",
         study_uid,
