@@ -212,3 +212,35 @@ def test_postgres_and_redis_worker_processes_a_study(
             assert_routed_once(sessions, study_uid)
     finally:
         forget_queue(redis_url, config.broker_queue)
+
+
+@pytest.mark.slow
+def test_worker_process_on_rabbitmq_processes_a_study(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """``amqp://`` works too (RabbitMQ acknowledges natively; no visibility timeout)."""
+    from tests.support import port_open
+
+    if not port_open("127.0.0.1", 5672):
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    config = settings.model_copy(
+        update={
+            "broker_url": os.environ.get(
+                "RDX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"
+            ),
+            "broker_queue": f"rdx-test-{uuid.uuid4().hex[:12]}",
+        }
+    )
+    study_uid = generate_uid()
+    try:
+        with running_worker(
+            WORKER_COMMANDS["remote-dx worker"], config, tmp_path / "worker.log"
+        ) as worker:
+            file(config, db, part10(make_dx(study_uid)))
+            wait_processed(db, study_uid, worker)
+            assert_routed_once(db, study_uid)
+    finally:
+        from kombu import Connection
+
+        with Connection(config.broker_url, connect_timeout=5) as conn:
+            conn.default_channel.queue_delete(config.broker_queue)
