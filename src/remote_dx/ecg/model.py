@@ -75,6 +75,18 @@ class DeviceMeasurements:
 
 
 @dataclass
+class MedianBeat:
+    """A representative (median/average) beat the cart derived, kept beside the rhythm leads.
+
+    DICOM stores it as a second multiplex group (WaveformOriginality DERIVED), HL7 aECG as a
+    REPRESENTATIVE_BEAT series, MUSE as the ``Median`` waveform; float32 mV like the leads.
+    """
+
+    leads: dict[str, NDArray[np.float32]]
+    sampling_rate: float
+
+
+@dataclass
 class ECG:
     leads: dict[str, NDArray[np.float32]]
     sampling_rate: float
@@ -83,6 +95,7 @@ class ECG:
     device: str | None = None
     source_format: str = "unknown"
     device_measurements: DeviceMeasurements | None = None
+    median_beat: MedianBeat | None = None
 
     @property
     def n_samples(self) -> int:
