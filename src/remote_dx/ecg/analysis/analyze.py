@@ -152,6 +152,7 @@ def analyze(ecg: ECG) -> ECGAnalysis:
     result.pauses_s = rhythm.pauses_s
 
     qtc_b = None
+    stemi_st: dict[str, float] = {}
     if mb is not None and bnd.qrs_on is not None and bnd.qrs_off is not None:
         result.qrs_ms = _ms(bnd.qrs_off - bnd.qrs_on, fs)
         if p_present and not paced and bnd.p_on is not None and bnd.p_off is not None:
@@ -167,9 +168,13 @@ def analyze(ecg: ECG) -> ECGAnalysis:
         result.axis_deg = frontal_axis(names, mb.beats, base, bnd.qrs_on, bnd.qrs_off)
         unusable = {n for n, ok in zip(names, usable, strict=True) if not ok}
         st_j = st_levels(names, mb.beats, base, bnd.qrs_off, fs, 0.0)
+        st_40 = st_levels(names, mb.beats, base, bnd.qrs_off, fs, 40.0)
         st_60 = st_levels(names, mb.beats, base, bnd.qrs_off, fs, 60.0)
         result.st_j_mv = {n: v for n, v in st_j.items() if n not in unusable}
         result.st_deviation_mv = {n: v for n, v in st_60.items() if n not in unusable}
+        # The STEMI rule reads the elevation at J; a J point placed a few ms early would read
+        # the tail of the R wave as elevation, so the elevation must persist to J + 40 ms too.
+        stemi_st = {n: min(v, st_40[n]) for n, v in result.st_j_mv.items()}
 
     # Statements: rhythm first, then conduction, axis, repolarisation.
     statements.insert(0, statement(rhythm.code))
@@ -208,7 +213,7 @@ def analyze(ecg: ECG) -> ECGAnalysis:
         statements.append(statement("st_depression", ", ".join(down)))
 
     critical = crit.evaluate(
-        st_j_mv=result.st_j_mv,
+        st_j_mv=stemi_st,
         sex=ecg.patient.sex if ecg.patient else None,
         age=ecg.patient.age_years if ecg.patient else None,
         heart_rate=result.heart_rate,

@@ -1,0 +1,186 @@
+"""Preliminary ECG analysis: synthetic ECGs (neurokit2.ecg_simulate, offline) and a few LUDB
+records (Kalyakulina et al., IEEE Access 2020; PhysioNet) checked against their diagnoses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import neurokit2 as nk
+import numpy as np
+import pytest
+
+from remote_dx.ecg.analysis import ALGORITHM_VERSION, analyze
+from remote_dx.ecg.analysis.critical import stemi_leads, v2v3_cutpoint
+from remote_dx.ecg.model import ECG, PatientInfo
+
+FS = 500
+LUDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg" / "ludb" / "data"
+_LUDB_NAMES = {"i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF"}
+FIELDS = {
+    "heart_rate",
+    "rr_irregularity",
+    "pr_ms",
+    "p_duration_ms",
+    "qrs_ms",
+    "qt_ms",
+    "qtc_bazett_ms",
+    "qtc_fridericia_ms",
+    "axis_deg",
+    "rhythm",
+    "statements",
+    "quality",
+    "critical",
+    "st_deviation_mv",
+    "st_j_mv",
+    "algorithm_version",
+}
+
+
+def twelve_lead(heart_rate: float, seed: int = 1, duration: float = 10.0) -> ECG:
+    """A 12-lead ECG from neurokit2's 12-lead simulator (per-lead templates)."""
+    df = nk.ecg_simulate(
+        duration=duration,
+        sampling_rate=FS,
+        heart_rate=heart_rate,
+        method="multileads",
+        random_state=seed,
+        noise=0.0,
+    )
+    leads = {str(c): df[c].to_numpy(dtype=np.float32) for c in df.columns}
+    return ECG(leads=leads, sampling_rate=FS, patient=PatientInfo(sex="M", age_years=60))
+
+
+def with_st_elevation(ecg: ECG, leads: tuple[str, ...], mv: float) -> ECG:
+    """Add a plateau from each QRS end to the T (J point .. J+200 ms) in the given leads."""
+    res = analyze(ecg)
+    mb, b = res.median, res.boundaries
+    assert mb is not None and b is not None and b.qrs_off is not None
+    start = b.qrs_off - mb.fiducial
+    ramp = np.zeros(round(0.30 * FS), dtype=np.float32)
+    plateau = round(0.20 * FS)
+    ramp[:plateau] = mv
+    ramp[plateau:] = np.linspace(mv, 0, ramp.size - plateau)
+    out = {k: v.copy() for k, v in ecg.leads.items()}
+    for r in res.r_peaks:
+        lo = r + start - 2
+        hi = min(lo + ramp.size, ecg.n_samples)
+        if lo < 0:
+            continue
+        for name in leads:
+            out[name][lo:hi] += ramp[: hi - lo]
+    return ECG(leads=out, sampling_rate=FS, patient=ecg.patient)
+
+
+def test_output_shape_and_normal_ecg_is_not_critical() -> None:
+    res = analyze(twelve_lead(70))
+    d = res.to_dict()
+    assert set(d) >= FIELDS
+    assert d["algorithm_version"] == ALGORITHM_VERSION == "rdx-ecg 0.1.0"
+    assert d["heart_rate"] == pytest.approx(70, abs=3)
+    assert d["rhythm"] == "sinus"
+    assert d["critical"]["critical"] is False
+    assert all({"code", "zh", "en"} == set(s) for s in d["statements"])
+    assert d["statements"][0]["code"] == "sinus" and d["statements"][0]["zh"] == "窦性心律"
+    assert 60 <= d["qrs_ms"] <= 140 and 250 <= d["qt_ms"] <= 480 and 80 <= d["pr_ms"] <= 260
+    assert d["qtc_bazett_ms"] > d["qtc_fridericia_ms"] > d["qt_ms"]  # RR < 1 s
+    assert set(d["quality"]["leads"]) >= {"I", "II", "V1", "V6"}
+    assert d["quality"]["technically_unsatisfactory"] is False
+    assert max(abs(v) for v in d["st_deviation_mv"].values()) < 0.1
+
+
+@pytest.mark.parametrize(("rate", "code"), [(45, "sinus_brady"), (120, "sinus_tachy")])
+def test_rate_statements(rate: float, code: str) -> None:
+    res = analyze(twelve_lead(rate, seed=3))
+    assert res.heart_rate == pytest.approx(rate, rel=0.06)
+    assert res.rhythm == code
+
+
+def test_inferior_st_elevation_is_suspected_stemi() -> None:
+    ecg = with_st_elevation(twelve_lead(75, seed=5), ("II", "III", "aVF"), 0.3)
+    res = analyze(ecg)
+    assert res.critical["critical"] is True
+    assert {"II", "III", "aVF"} <= set(res.critical["stemi_leads"])
+    codes = [r["code"] for r in res.critical["reasons"]]
+    assert "stemi_suspected" in codes
+    assert res.st_j_mv["II"] >= 0.2
+    assert any(s["code"] == "stemi_suspected" and "inferior" in s["en"] for s in res.statements)
+
+
+def test_stemi_rule_thresholds_and_contiguity() -> None:
+    assert v2v3_cutpoint("M", 45) == 0.2
+    assert v2v3_cutpoint("M", 30) == 0.25
+    assert v2v3_cutpoint("F", 30) == 0.15
+    assert v2v3_cutpoint(None, None) == 0.15
+    # V2–V3 at 0.18 mV: STEMI for a woman, not for a man ≥ 40.
+    st = {"V2": 0.18, "V3": 0.18}
+    assert stemi_leads(st, "F", 50) == ["V2", "V3"]
+    assert stemi_leads(st, "M", 50) == []
+    # Two elevated leads that are not contiguous (III and V1) do not qualify.
+    assert stemi_leads({"III": 0.3, "V1": 0.3}, "M", 60) == []
+    assert stemi_leads({"I": 0.12, "aVL": 0.15}, "M", 60) == ["aVL", "I"]
+
+
+def test_critical_rate() -> None:
+    res = analyze(twelve_lead(35, seed=7, duration=12))
+    assert res.critical["critical"] is True
+    assert "critical_bradycardia" in [r["code"] for r in res.critical["reasons"]]
+
+
+def test_flat_lead_is_flagged() -> None:
+    ecg = twelve_lead(70, seed=2)
+    ecg.leads["V3"] = np.zeros_like(ecg.leads["V3"])
+    res = analyze(ecg)
+    assert res.quality["leads"]["V3"]["problems"] == ["lead_off"]
+    assert res.quality["technically_unsatisfactory"] is True
+    assert any("V3" in r for r in res.quality["reasons"])
+    assert "technically_unsatisfactory" in [s["code"] for s in res.statements]
+    assert "V3" not in res.st_j_mv
+    assert res.heart_rate == pytest.approx(70, abs=3)  # the other leads still measure
+
+
+def test_all_flat_measures_nothing() -> None:
+    leads = {n: np.zeros(5000, dtype=np.float32) for n in ("I", "II", "V1")}
+    res = analyze(ECG(leads=leads, sampling_rate=FS))
+    d = res.to_dict()
+    assert d["heart_rate"] is None and d["qrs_ms"] is None and d["rhythm"] is None
+    assert d["quality"]["technically_unsatisfactory"] is True
+
+
+# ------------------------------------------------------------------------- LUDB records
+def ludb(record: int) -> ECG:
+    wfdb = pytest.importorskip("wfdb")
+    if not (LUDB / f"{record}.hea").exists():
+        pytest.skip(f"LUDB not found at {LUDB}")
+    rec = wfdb.rdrecord(str(LUDB / str(record)))
+    leads = {
+        _LUDB_NAMES.get(n, n.upper()): rec.p_signal[:, i].astype(np.float32)
+        for i, n in enumerate(rec.sig_name)
+    }
+    return ECG(leads=leads, sampling_rate=float(rec.fs))
+
+
+def ludb_rhythm(record: int) -> str:
+    import csv
+
+    with open(LUDB.parent / "ludb.csv", newline="", encoding="utf-8") as fh:
+        return next(r["Rhythms"] for r in csv.DictReader(fh) if int(r["ID"]) == record)
+
+
+@pytest.mark.parametrize("record", [44, 51, 110])
+def test_ludb_atrial_fibrillation(record: int) -> None:
+    assert "Atrial fibrillation" in ludb_rhythm(record)
+    res = analyze(ludb(record))
+    assert res.rhythm == "afib"
+    assert res.pr_ms is None and res.p_duration_ms is None  # no P wave: null, not a guess
+
+
+@pytest.mark.parametrize("record", [1, 133])
+def test_ludb_sinus_bradycardia(record: int) -> None:
+    assert ludb_rhythm(record).startswith("Sinus bradycardia")
+    assert analyze(ludb(record)).rhythm == "sinus_brady"
+
+
+@pytest.mark.parametrize("record", [45, 74, 90])
+def test_ludb_records_where_neurokit_dwt_crashes(record: int) -> None:
+    d = analyze(ludb(record)).to_dict()
+    assert d["heart_rate"] is not None and d["qrs_ms"] is not None
