@@ -106,7 +106,9 @@ def _read_waveform(waveform: ET.Element, *, what: str) -> tuple[dict[str, np.nda
         if size != 2:
             raise ECGError(f"{where}: {size}-byte samples are not supported (2 expected)")
         try:
-            raw = base64.b64decode("".join((_text(lead, "WaveFormData") or "").split()), True)
+            raw = base64.b64decode(
+                "".join((_text(lead, "WaveFormData") or "").split()), validate=True
+            )
         except (binascii.Error, ValueError) as exc:
             raise ECGError(f"{where}: WaveFormData base64 is corrupt or truncated ({exc})") from exc
         if len(raw) < 2 * count:
