@@ -121,7 +121,7 @@ def test_enqueue_to_task_start_latency_on_the_filesystem_broker(
             assert tasks.enqueue_study(uid)  # unknown studies: the task only looks them up
             wait_until(
                 lambda uid=uid: uid in started,
-                timeout=10,
+                timeout=20,
                 interval=0.005,
                 message="the task to start",
             )
