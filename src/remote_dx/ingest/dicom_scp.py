@@ -43,7 +43,13 @@ from remote_dx.core.models import Device
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.ingest.presentation import supported_contexts
-from remote_dx.ingest.transport import MAX_PDU_SIZE, set_tcp_nodelay
+from remote_dx.ingest.transport import (
+    MAX_PDU_SIZE,
+    FastRequestHandler,
+    ReceiverServer,
+    ReuseportServer,
+    set_tcp_nodelay,
+)
 from remote_dx.storage.base import ObjectStore
 from remote_dx.storage.factory import get_store
 
@@ -324,22 +330,37 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
+def _serve(
+    ae: AE, settings: Settings, scp: StorageSCP, *, reuse_port: bool
+) -> ThreadedAssociationServer:
+    """What ``AE.start_server(block=False)`` does, with our server and request handler classes."""
+    server = ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        evt_handlers=scp.handlers(),  # type: ignore[arg-type]
+        server_class=ReuseportServer if reuse_port else ReceiverServer,
+        request_handler=FastRequestHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so AE.shutdown() stops it, as for AE.start_server
+    return server
+
+
 def start_receiver(
     settings: Settings,
     *,
     store: ObjectStore | None = None,
     sessions: sessionmaker[Session] | None = None,
+    reuse_port: bool = False,
 ) -> Receiver:
-    """Start the receiver in background threads and return at once (the schema must exist)."""
+    """Start the receiver in background threads and return at once (the schema must exist).
+
+    ``reuse_port`` lets several receiver processes listen on the same port (SO_REUSEPORT).
+    """
     sessions = sessions or get_sessionmaker(settings)
     scp = StorageSCP(store or get_store(settings), sessions, DeviceDirectory(sessions))
     ae = make_ae(settings)
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port),
-        block=False,
-        evt_handlers=scp.handlers(),  # type: ignore[arg-type]
-    )
-    assert server is not None
+    server = _serve(ae, settings, scp, reuse_port=reuse_port)
     receiver = Receiver(ae=ae, server=server, scp=scp)
     log.info(
         "DICOM receiver %s listening on %s:%d (max %d associations)",
