@@ -7,8 +7,11 @@ promise across a power cut, not just a process crash.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,57 @@ def dispose_engines() -> None:
         engine.dispose()
     _engines.clear()
     _sessionmakers.clear()
+
+
+# -- one writer at a time on SQLite ----------------------------------------------------------
+#
+# SQLite lets one transaction write at a time; the others wait in its busy handler, which sleeps
+# in growing steps (1, 2, 5, 10 … 100 ms) and so leaves the database idle while writers queue.
+# Ingest's write transactions take this lock instead: a thread lock inside the process and an
+# flock() on a file beside the database across receiver processes; both wake the next writer the
+# moment the lock is released. Other writers (API, worker) still meet the busy timeout as before.
+
+
+class _SqliteWriteLock:
+    def __init__(self, path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = path + ".write-lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            # No lock file (read-only directory, odd file system): SQLite's own locking and
+            # busy timeout still keep writes correct, only slower under contention.
+            pass
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+_write_locks: dict[str, _SqliteWriteLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[None]:
+    """Hold while writing a short transaction: serialises SQLite writers, a no-op elsewhere."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return nullcontext()
+    path = os.path.abspath(url.database)
+    with _write_locks_guard:
+        lock = _write_locks.get(path)
+        if lock is None:
+            lock = _write_locks[path] = _SqliteWriteLock(path)
+    return lock

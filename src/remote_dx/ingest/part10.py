@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 from remote_dx.core.errors import InvalidInstance
 
@@ -47,8 +48,19 @@ def dataset_offset(data: bytes | memoryview) -> int:
     return pos
 
 
-def check_structure(data: bytes | memoryview, transfer_syntax: str) -> None:
-    """Raise InvalidInstance unless every element of the data set lies wholly inside ``data``."""
+@dataclass(frozen=True)
+class PixelData:
+    """The top-level Pixel Data element as the walk found it (its value is not copied)."""
+
+    length: int  #: bytes of the value (for encapsulated data: up to the delimiter)
+    head: bytes  #: the value's first 8 bytes
+
+
+def check_structure(data: bytes | memoryview, transfer_syntax: str) -> PixelData | None:
+    """Raise InvalidInstance unless every element of the data set lies wholly inside ``data``.
+
+    Returns what the walk saw of the top-level Pixel Data (7FE0,0010), or None if there is none.
+    """
     pos = dataset_offset(data)
     body: bytes | memoryview = data
     end = len(data)
@@ -63,8 +75,14 @@ def check_structure(data: bytes | memoryview, transfer_syntax: str) -> None:
     if explicit and pos + 6 <= end and not _looks_like_vr(bytes(body[pos + 4 : pos + 6])):
         # Some writers label implicit VR data as explicit; pydicom reads it as implicit too.
         explicit = False
+    pixel = None
     while pos < end:
+        start = pos
         pos = _skip_element(body, pos, end, explicit=explicit, little=little)
+        if _peek_tag(body, start, little) == _PIXEL_DATA:
+            _, _, _, value_start = _header(body, start, end, explicit, little)
+            pixel = PixelData(pos - value_start, bytes(body[value_start : value_start + 8]))
+    return pixel
 
 
 def _header(
