@@ -141,3 +141,24 @@ def test_worker_indexes_the_name_and_description_in_the_study_charset(
         assert study.description == "胸部正位"
         expected_charset = charset if isinstance(charset, str) else "\\".join(charset)
         assert study.character_set == expected_charset
+
+
+def test_name_already_converted_by_pydicom_still_decodes_iso2022() -> None:
+    """Reading ``ds.PatientName`` first caches pydicom's ``$)A…`` decoding in the dataset."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from remote_dx.ingest.charset import decode_element
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
+    ds.PatientName = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\xd0\xa1\xb6\xab\x1b(B="
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)
+    read = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
+    _ = str(read.PatientName)  # pydicom converts (and caches) the element here
+    assert decode_element(read, "PatientName") == "Zhang^XiaoDong=张^小东"

@@ -44,8 +44,9 @@ def decode_bytes(raw: bytes, charsets: Sequence[str]) -> str:
 def decode_element(ds: Dataset, keyword: str) -> str | None:
     """The decoded text of ``keyword`` (person names keep DICOM's ``^`` and ``=``), or None.
 
-    The raw bytes are decoded here rather than through pydicom so the ISO 2022 case is right;
-    a value pydicom has already converted is taken as it is.
+    The raw bytes are decoded here rather than through pydicom so the ISO 2022 case is right.
+    Once pydicom has converted a person name (anything read ``ds.PatientName``) its own decoding
+    is cached in the dataset, so the name's original bytes are taken from the PersonName.
     """
     tag = pydicom.datadict.tag_for_keyword(keyword)
     if tag is None or tag not in ds:
@@ -56,7 +57,10 @@ def decode_element(ds: Dataset, keyword: str) -> str | None:
         text = decode_bytes(raw, charsets_of(ds))
     else:
         value = ds[tag].value
-        if isinstance(value, (MultiValue, list, tuple)):
+        original = getattr(value, "original_string", None)
+        if isinstance(original, bytes):
+            text = decode_bytes(original, charsets_of(ds))
+        elif isinstance(value, (MultiValue, list, tuple)):
             text = "\\".join(str(v) for v in value)
         else:
             text = "" if value is None else str(value)
