@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core import clock
@@ -87,6 +90,37 @@ def postgres_url() -> str:
     if not port_open("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set RDX_TEST_POSTGRES_URL)")
     return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """URL of a fresh, uniquely named PostgreSQL database for this test, dropped afterwards.
+
+    A database of its own per test: other test runs may use the shared server at the same time.
+    """
+    url = make_url(postgres_url)
+    name = f"rdx_test_{uuid.uuid4().hex[:12]}"
+    admin = {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": url.username or "postgres",
+        "dbname": "postgres",
+        "autocommit": True,
+        "connect_timeout": 5,
+    }
+    if url.password:
+        admin["password"] = url.password
+    try:
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"cannot create a PostgreSQL test database: {exc}")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_engines()
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ would send them; routing is then simulated by adding the WorklistItem row the wo
 from __future__ import annotations
 
 import shutil
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -17,12 +16,12 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import dispose_engines, get_engine, get_sessionmaker, session_scope
+from remote_dx.core.db import get_engine, get_sessionmaker, session_scope
 from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     Device,
@@ -428,40 +427,27 @@ def test_openapi_docs(client: TestClient) -> None:
 
 
 @pytest.mark.postgres
-def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_url: str) -> None:
-    # A database of its own: other suites may be using the shared one at the same time.
-    name = f"rdx_api_{uuid.uuid4().hex[:12]}"
-    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        pg = settings.model_copy(
-            update={"database_url": postgres_url.rsplit("/", 1)[0] + "/" + name}
-        )
-        upgrade(pg)
-        with session_scope(pg) as session:
-            apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
-        cases = populate(pg, get_sessionmaker(pg))
-        client = TestClient(create_app(pg))
-        for username, visible in SCOPES:
-            mine = [c for c in routed(cases) if visible(c)]
-            listing = worklist(client, username)
-            assert [i["study_uid"] for i in listing["items"]] == expected_order(mine), username
-            assert listing["total"] == len(mine)
-        ecg = [c for c in routed(cases) if c.pool == COUNTY and c.modality == "ECG"]
-        assert [
-            i["study_uid"] for i in worklist(client, "county_reader", modality="ECG")["items"]
-        ] == expected_order(ecg)
-        chest = study(client, "county_reader", cases["xp-chest"].study_uid)
-        assert chest.status_code == 200
-        assert chest.json()["patient"]["name"] == "王^小东"
-        assert study(client, "county_reader", cases["dh-consult"].study_uid).status_code == 404
-        assert client.get("/readyz").status_code == 200
-    finally:
-        dispose_engines()
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
+def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_database: str) -> None:
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    cases = populate(pg, get_sessionmaker(pg))
+    client = TestClient(create_app(pg))
+    for username, visible in SCOPES:
+        mine = [c for c in routed(cases) if visible(c)]
+        listing = worklist(client, username)
+        assert [i["study_uid"] for i in listing["items"]] == expected_order(mine), username
+        assert listing["total"] == len(mine)
+    ecg = [c for c in routed(cases) if c.pool == COUNTY and c.modality == "ECG"]
+    assert [
+        i["study_uid"] for i in worklist(client, "county_reader", modality="ECG")["items"]
+    ] == expected_order(ecg)
+    chest = study(client, "county_reader", cases["xp-chest"].study_uid)
+    assert chest.status_code == 200
+    assert chest.json()["patient"]["name"] == "王^小东"
+    assert study(client, "county_reader", cases["dh-consult"].study_uid).status_code == 404
+    assert client.get("/readyz").status_code == 200
 
 
 def test_database_down_is_503_with_a_message(settings: Settings) -> None:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import io
 import threading
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pydicom
 import pytest
 from alembic import command
@@ -24,10 +21,9 @@ from alembic.migration import MigrationContext
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, inspect, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from remote_dx.core.db import dispose_engines, get_engine, get_sessionmaker, session_scope
+from remote_dx.core.db import get_engine, get_sessionmaker, session_scope
 from remote_dx.core.migrate import alembic_config, upgrade
 from remote_dx.core.models import Base, Device, Instance, Patient, Series, Study, StudyStatus
 from remote_dx.core.network import apply_network, load_network_file
@@ -51,34 +47,6 @@ TABLES = {
 }
 
 
-@pytest.fixture
-def pg_database(postgres_url: str) -> Iterator[str]:
-    """URL of a fresh, uniquely named PostgreSQL database; dropped at the end."""
-    url = make_url(postgres_url)
-    name = f"rdx_test_{uuid.uuid4().hex[:12]}"
-    admin = {
-        "host": url.host or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username or "postgres",
-        "dbname": "postgres",
-        "autocommit": True,
-        "connect_timeout": 5,
-    }
-    if url.password:
-        admin["password"] = url.password
-    try:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        pytest.skip(f"cannot create a PostgreSQL test database: {exc}")
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_engines()
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(
     request: pytest.FixtureRequest, settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -86,7 +54,7 @@ def backend(
     """The test's settings on SQLite (embedded default) or on its own PostgreSQL database."""
     if request.param == "sqlite":
         return settings
-    url = request.getfixturevalue("pg_database")
+    url = request.getfixturevalue("postgres_database")
     monkeypatch.setenv("RDX_DATABASE_URL", url)
     reset_settings()
     return settings.model_copy(update={"database_url": url})
@@ -215,12 +183,12 @@ def test_concurrent_filing_one_study_exact_counts(backend: Settings) -> None:
 @pytest.mark.postgres
 @pytest.mark.s3
 def test_concurrent_filing_postgres_and_s3(
-    s3_settings: Settings, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    s3_settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scale-out path: index in PostgreSQL, bytes in a real S3 server."""
-    monkeypatch.setenv("RDX_DATABASE_URL", pg_database)
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
     reset_settings()
     reset_stores()
-    settings = s3_settings.model_copy(update={"database_url": pg_database})
+    settings = s3_settings.model_copy(update={"database_url": postgres_database})
     study_uid, payloads, results = _file_concurrently(settings)
     _assert_exact(settings, study_uid, payloads, results)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import psycopg
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -174,23 +173,6 @@ def test_worker_process_on_redis_processes_a_study(
             assert_routed_once(db, study_uid)
     finally:
         forget_queue(redis_url, config.broker_queue)
-
-
-@pytest.fixture
-def postgres_database(postgres_url: str) -> Iterator[str]:
-    """A fresh, uniquely named database for this test, dropped afterwards."""
-    name = f"rdx_test_{uuid.uuid4().hex[:12]}"
-    admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
-    with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        from remote_dx.core.db import dispose_engines
-
-        dispose_engines()
-        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres
