@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -136,6 +137,9 @@ class Device(Base):
     modality: Mapped[str] = mapped_column(String(16))
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # SHA-256 (hex) of the device's HTTP API key (``X-Device-Key``); the key itself is shown once
+    # when made and never stored. Keys are 32 random bytes, so a plain hash cannot be brute-forced.
+    api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
     institution: Mapped[Institution] = relationship()
 
@@ -275,3 +279,79 @@ class WorklistItem(Base):
 
     study: Mapped[Study] = relationship(back_populates="worklist_item")
     pool: Mapped[Institution] = relationship()
+
+
+# --- ECG (issue 3) --------------------------------------------------------------------------------
+
+
+class AnalysisStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class AlertSource(enum.StrEnum):
+    ECG_ANALYSIS = "ecg-analysis"  # raised by the preliminary (machine) analysis
+    READER = "reader"  # raised by a reader while reading
+
+
+class ECGAnalysisRecord(Base):
+    """The machine's preliminary analysis of an ECG study, with the reader's confirmation beside it.
+
+    ``result`` (the analysis, :meth:`ECGAnalysis.to_dict`) and ``device_measurements`` (what the
+    cart itself measured) are kept untouched; ``confirmed`` is what the reader confirmed, so
+    statistics can compare machine, cart and reader. The summary columns (heart rate, rhythm,
+    critical, technically unsatisfactory) copy values of ``result`` so the worklist can show them
+    without reading JSON.
+    """
+
+    __tablename__ = "ecg_analyses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    algorithm_version: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[AnalysisStatus] = mapped_column(
+        _enum(AnalysisStatus), default=AnalysisStatus.PENDING
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    device_measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    heart_rate: Mapped[float | None] = mapped_column(Float)
+    rhythm: Mapped[str | None] = mapped_column(String(32))
+    critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    technically_unsatisfactory: Mapped[bool] = mapped_column(Boolean, default=False)
+    analysed_at: Mapped[datetime | None]
+    confirmed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    confirmed_at: Mapped[datetime | None]
+
+
+class CriticalAlert(Base):
+    """A critical finding the routed pool must act on at once (acknowledged by a reader)."""
+
+    __tablename__ = "critical_alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    origin_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    source: Mapped[AlertSource] = mapped_column(_enum(AlertSource))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class ReacquireRequest(Base):
+    """"Technically unsatisfactory, re-acquire": a notice to the township that took the ECG."""
+
+    __tablename__ = "reacquire_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    origin_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    leads: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]

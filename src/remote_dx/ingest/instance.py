@@ -54,9 +54,13 @@ _OTHER_PIXEL_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData", "Spectroscopy
 
 @dataclass(frozen=True)
 class Sender:
-    """Who sent an instance: the registered device and the institution it belongs to."""
+    """Who sent an instance: the registered device and the institution it belongs to.
 
-    device_id: int
+    ``device_id`` is None for an HTTP upload by a technician (no device named): the technician's
+    institution is the origin.
+    """
+
+    device_id: int | None
     institution_id: int
     institution_code: str
     ae_title: str
