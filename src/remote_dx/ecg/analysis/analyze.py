@@ -26,7 +26,7 @@ from remote_dx.ecg.analysis.st import pr_baseline, st_levels
 from remote_dx.ecg.analysis.statements import statement
 from remote_dx.ecg.model import ECG
 
-ALGORITHM_VERSION = "rdx-ecg 0.1.0"
+ALGORITHM_VERSION = "rdx-ecg 0.2.0"
 
 FIRST_DEGREE_AVB_MS = 200.0
 SHORT_PR_MS = 120.0
@@ -86,6 +86,15 @@ def _residual(x: Array, mb: MedianBeat, r_peaks: np.ndarray) -> Array:
     return res
 
 
+def _short_rr(mb: MedianBeat, r_peaks: np.ndarray, fs: float) -> float | None:
+    """10th percentile of the RR following the beats of the median (s): in an irregular rhythm
+    the next QRS of the short cycles shows in the median beat and bounds the T-wave search."""
+    used = mb.used[mb.used + 1 < r_peaks.size]
+    if used.size == 0:
+        return None
+    return float(np.percentile((r_peaks[used + 1] - r_peaks[used]) / fs, 10))
+
+
 def analyze(ecg: ECG) -> ECGAnalysis:
     """Measure and interpret one resting ECG (any lead set, any sampling rate ≥ 100 Hz)."""
     leads = {name: np.asarray(v, dtype=np.float32) for name, v in ecg.leads.items()}
@@ -116,7 +125,14 @@ def analyze(ecg: ECG) -> ECGAnalysis:
     mean_rr = float(np.mean(rr))
 
     mb = median_beat(x, fs, r_peaks, usable)
-    bnd = delineate(mb, float(np.median(rr)), usable) if mb is not None else Boundaries()
+    spike = None
+    bnd = Boundaries()
+    if mb is not None:
+        offset = rh.pacing_spike(raw[usable], fs, mb.centres)
+        spike = None if offset is None else mb.fiducial + offset
+        bnd = delineate(
+            mb, float(np.median(rr)), usable, rr_short_s=_short_rr(mb, r_peaks, fs), spike=spike
+        )
     result.median, result.boundaries = mb, bnd
     dominant = mb.dominant if mb is not None else np.ones(r_peaks.size, dtype=bool)
 
@@ -131,7 +147,7 @@ def analyze(ecg: ECG) -> ECGAnalysis:
                 x[usable], mb.centres, bnd.p_on - fid - round(0.02 * fs), bnd.p_off - fid
             )
             p_present = cons >= rh.P_CONSISTENCY_MIN
-        paced = rh.pacing_spikes(raw, fs, r_peaks + (bnd.qrs_on - fid))
+        paced = spike is not None
         if not p_present:
             atrial = [names.index(n) for n in ("II", "III", "aVF", "V1") if n in names]
             flutter = rh.atrial_flutter(_residual(x, mb, r_peaks)[atrial or [0]], fs)
