@@ -24,7 +24,10 @@ from remote_dx.ecg.analysis.preprocess import Array, filt
 BRADY_BPM = 60.0
 TACHY_BPM = 100.0
 IRREGULAR_NMSD = 0.10  # median |ΔRR| / mean RR above which the rhythm is irregular
-P_CONSISTENCY_MIN = 0.5  # median correlation of each beat's P segment with the median P
+# Median correlation of each beat's P segment with the median P: every odd LUDB sinus record is
+# ≥ 0.83, so 0.75 leaves a margin while the disorganised atrial activity of atrial fibrillation,
+# which the median can turn into a P-like bump, no longer counts as a P wave.
+P_CONSISTENCY_MIN = 0.75
 PAUSE_S = 2.0
 LONG_PAUSE_S = 3.0
 FREQUENT_ECTOPY_PER_10S = 3  # premature / ectopic beats per 10 s called "frequent"
@@ -159,7 +162,9 @@ def classify(
     elif flutter and not p_present:
         code = "aflutter"
     elif p_present:
-        code = "sinus_brady" if hr < BRADY_BPM else "sinus_tachy" if hr > TACHY_BPM else "sinus"
+        # The rate as reported (whole bpm), as the reader compares it with 60 / 100.
+        bpm = round(hr)
+        code = "sinus_brady" if bpm < BRADY_BPM else "sinus_tachy" if bpm > TACHY_BPM else "sinus"
     else:
         code = "other"
     return Rhythm(
