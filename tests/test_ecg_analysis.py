@@ -184,3 +184,18 @@ def test_ludb_sinus_bradycardia(record: int) -> None:
 def test_ludb_records_where_neurokit_dwt_crashes(record: int) -> None:
     d = analyze(ludb(record)).to_dict()
     assert d["heart_rate"] is not None and d["qrs_ms"] is not None
+
+
+@pytest.mark.parametrize("record", [34, 104])
+def test_ludb_paced_records(record: int) -> None:
+    """Ventricular pacing spikes are found in the raw samples; the QRS starts at the spike."""
+    res = analyze(ludb(record))
+    assert res.rhythm == "paced"
+    assert res.pr_ms is None
+    b, mb = res.boundaries, res.median
+    assert b is not None and mb is not None and b.qrs_on is not None
+    assert b.qrs_on < mb.fiducial  # the onset precedes the wide paced complex
+
+
+def test_sinus_record_is_not_paced() -> None:
+    assert analyze(ludb(99)).rhythm != "paced"  # sharp, narrow QRS but no pacing spike
