@@ -49,11 +49,25 @@ def serve(
 
 
 @app.command()
-def scp(data_dir: DataDir = None, dicom_port: DicomPort = None) -> None:
+def scp(
+    data_dir: DataDir = None,
+    dicom_port: DicomPort = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            help="receiver processes sharing the port (SO_REUSEPORT); default: one per CPU",
+        ),
+    ] = None,
+) -> None:
     """Run only the DICOM receiver (scale-out: several behind a load balancer)."""
-    from remote_dx.ingest.dicom_scp import run_receiver
+    from remote_dx.ingest.dicom_scp import default_processes, run_receiver
 
-    run_receiver(_settings(data_dir=data_dir, dicom_port=dicom_port))
+    run_receiver(
+        _settings(data_dir=data_dir, dicom_port=dicom_port),
+        processes=processes or default_processes(),
+    )
 
 
 @app.command()
@@ -101,6 +115,64 @@ def push(
 
     raise typer.Exit(
         push_cli(paths, host=host, port=port, calling_ae=calling_ae, called_ae=called_ae)
+    )
+
+
+@app.command("upload-ecg")
+def upload_ecg(
+    paths: Annotated[list[Path], typer.Argument(help="ECG files or export folders")],
+    hub: Annotated[
+        str, typer.Option(envvar="RDX_UPLOAD_HUB", help="hub URL, e.g. http://hub:8000")
+    ],
+    device_key: Annotated[
+        str | None, typer.Option(envvar="RDX_UPLOAD_DEVICE_KEY", help="the cart's device key")
+    ] = None,
+    username: Annotated[
+        str | None, typer.Option(envvar="RDX_UPLOAD_USERNAME", help="a technician's login")
+    ] = None,
+    password: Annotated[str | None, typer.Option(envvar="RDX_UPLOAD_PASSWORD")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="keep watching the folders")] = False,
+    queue_dir: Annotated[
+        Path | None, typer.Option(help="durable queue (default: <first folder>/.rdx)")
+    ] = None,
+    patient_id: Annotated[str | None, typer.Option()] = None,
+    patient_name: Annotated[str | None, typer.Option()] = None,
+    patient_sex: Annotated[str | None, typer.Option()] = None,
+    patient_birth_date: Annotated[str | None, typer.Option(help="YYYYMMDD")] = None,
+    priority: Annotated[str | None, typer.Option(help="routine | urgent | stat")] = None,
+    settle_seconds: Annotated[
+        float, typer.Option(help="watch: a file must be unchanged this long")
+    ] = 1.0,
+    rescan_seconds: Annotated[
+        float, typer.Option(help="watch: rescan period (shares without events)")
+    ] = 10.0,
+    retry_max_seconds: Annotated[float, typer.Option(help="backoff cap")] = 300.0,
+    attempts: Annotated[int, typer.Option(help="one-shot: tries while the hub is down")] = 4,
+) -> None:
+    """Upload ECG files to a hub (the township side); --watch an export folder."""
+    from remote_dx.uploader import upload_cli
+
+    raise typer.Exit(
+        upload_cli(
+            paths,
+            hub=hub,
+            device_key=device_key,
+            username=username,
+            password=password,
+            watch=watch,
+            queue_dir=queue_dir,
+            fields={
+                "patient_id": patient_id,
+                "patient_name": patient_name,
+                "patient_sex": patient_sex,
+                "patient_birth_date": patient_birth_date,
+                "priority": priority,
+            },
+            settle_seconds=settle_seconds,
+            rescan_seconds=rescan_seconds,
+            retry_max_seconds=retry_max_seconds,
+            attempts=attempts,
+        )
     )
 
 

@@ -16,16 +16,17 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, evt
+from pydicom.dataset import Dataset
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
@@ -257,18 +258,56 @@ def part10_bytes(event: Event, source_ae: str) -> bytes:
     The file meta comes from the C-STORE request and the accepted presentation context; the
     data set bytes are kept exactly as they arrived (deflated, encapsulated or not).
     """
-    meta = FileMetaDataset(event.file_meta)
-    meta.SourceApplicationEntityTitle = source_ae
-    header = DicomBytesIO()
-    header.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(header, meta, enforce_standard=True)
-    stream = event.request.DataSet
+    request = event.request
+    header = file_meta_bytes(
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        str(event.context.transfer_syntax),
+        source_ae,
+    )
+    stream = request.DataSet
     payload = stream.getbuffer() if hasattr(stream, "getbuffer") else stream.read()
     try:
-        return b"".join((header.getvalue(), payload))
+        return b"".join((header, payload))
     finally:
         if isinstance(payload, memoryview):
             payload.release()
+
+
+def file_meta_bytes(
+    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1), encoded directly.
+
+    The same bytes pydicom's ``write_file_meta_info`` makes from pynetdicom's ``event.file_meta``
+    plus (0002,0016) Source Application Entity Title, at ~10 µs instead of ~0.4 ms.
+    """
+    body = b"".join(
+        (
+            b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # (0002,0001) version 00 01
+            _meta_element(0x0002, b"UI", sop_class.encode(), b"\0"),
+            _meta_element(0x0003, b"UI", sop_instance.encode(), b"\0"),
+            _meta_element(0x0010, b"UI", transfer_syntax.encode(), b"\0"),
+            _IMPLEMENTATION,
+            _meta_element(0x0016, b"AE", source_ae.encode("ascii", "replace"), b" "),
+        )
+    )
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + len(body).to_bytes(4, "little")
+    return _PREAMBLE + group_length + body
+
+
+def _meta_element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    if len(value) % 2:
+        value += pad
+    return (
+        b"\x02\x00" + element.to_bytes(2, "little") + vr + len(value).to_bytes(2, "little") + value
+    )
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_IMPLEMENTATION = _meta_element(
+    0x0012, b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode(), b"\0"
+) + _meta_element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode(), b" ")
 
 
 def _reject(assoc: Association, result: int, diagnostic: int) -> None:
@@ -363,25 +402,95 @@ def start_receiver(
     server = _serve(ae, settings, scp, reuse_port=reuse_port)
     receiver = Receiver(ae=ae, server=server, scp=scp)
     log.info(
-        "DICOM receiver %s listening on %s:%d (max %d associations)",
+        "DICOM receiver %s listening on %s:%d (max %d associations%s)",
         settings.ae_title,
         receiver.host,
         receiver.port,
         settings.dicom_max_associations,
+        ", port shared" if reuse_port else "",
     )
     return receiver
 
 
-def run_receiver(settings: Settings) -> None:
-    """Run the receiver in the foreground until Ctrl-C or SIGTERM (``remote-dx scp``)."""
+def default_processes() -> int:
+    """One receiver process per CPU the scheduler gives us."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def run_receiver(settings: Settings, processes: int = 1) -> None:
+    """Run the receiver in the foreground until Ctrl-C or SIGTERM (``remote-dx scp``).
+
+    With ``processes`` > 1 this process and ``processes - 1`` children each run a receiver on
+    the same port (SO_REUSEPORT: the kernel hands each new association to one of them). One
+    Python process runs one association's parsing and filing at a time (the GIL), so on a
+    2-core machine two processes take parallel senders ~1.5× as fast. Children that die are
+    started again; SIGTERM stops them all.
+    """
+    _configure_logging(settings)
+    if processes <= 1:
+        _serve_until_stopped(start_receiver(settings))
+        return
+    receiver = start_receiver(settings, reuse_port=True)
+    # The children bind the port this process got (it may have asked for port 0).
+    child_settings = settings.model_copy(update={"dicom_port": receiver.port})
+    context = multiprocessing.get_context("spawn")
+
+    def spawn() -> BaseProcess:
+        child = context.Process(
+            target=_receiver_process, args=(child_settings,), name="remote-dx-scp", daemon=False
+        )
+        child.start()
+        return child
+
+    children = [spawn() for _ in range(processes - 1)]
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(1.0):
+            for index, child in enumerate(children):
+                if not child.is_alive():
+                    log.error(
+                        "receiver process %s exited with %s; starting another",
+                        child.pid,
+                        child.exitcode,
+                    )
+                    children[index] = spawn()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: each finishes its associations like `remote-dx scp`
+        receiver.stop(timeout=10.0)
+        for child in children:
+            child.join(timeout=15.0)
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
+def _receiver_process(settings: Settings) -> None:
+    """A child of :func:`run_receiver`: one more receiver on the shared port."""
+    _configure_logging(settings)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    _serve_until_stopped(start_receiver(settings, reuse_port=True))
+
+
+def _configure_logging(settings: Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         )
     # pynetdicom narrates every PDU at INFO; our own lines say what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    receiver = start_receiver(settings)
+
+
+def _serve_until_stopped(receiver: Receiver) -> None:
     stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())

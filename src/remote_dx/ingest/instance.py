@@ -186,34 +186,36 @@ def file_instance(
     sop_uid = str(ds.SOPInstanceUID)
     key = object_key(study_uid, series_uid, sop_uid)
 
-    try:
-        with sessions() as session:
+    with sessions() as session:
+        try:
             if session.connection().execute(_SELECT_INSTANCE, {"uid": sop_uid}).first():
                 return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(str(exc)) from exc
-
-    # The hash runs beside the write (hashlib lets go of the GIL): ~5 ms for an 8 MB radiograph.
-    digest = _hash_pool().submit(_sha256, data) if len(data) >= _HASH_ASIDE else None
-    try:
-        store.put(key, data, content_type="application/dicom")
-    finally:
-        sha256 = digest.result() if digest is not None else _sha256(data)
-    row = _InstanceRow.of(ds, key, len(data), sha256, sender)
-
-    for attempt in range(5):
-        try:
-            with sessions() as session:
-                duplicate = _index(session, row)
-            return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=duplicate)
-        except IntegrityError:
-            # Another association created the same patient/study/series row first, or a cached
-            # row id went stale: forget the cached ids and try again.
-            _ids_for(session).clear()
-            if attempt == 4:
-                raise
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(str(exc)) from exc
+
+        # The hash runs beside the write (hashlib lets go of the GIL): ~5 ms for 8 MB.
+        digest = _hash_pool().submit(_sha256, data) if len(data) >= _HASH_ASIDE else None
+        try:
+            store.put(key, data, content_type="application/dicom")
+        finally:
+            sha256 = digest.result() if digest is not None else _sha256(data)
+        row = _InstanceRow.of(ds, key, len(data), sha256, sender)
+
+        # Same session: on SQLite the probe opened no transaction (pysqlite begins one at the
+        # first write); on PostgreSQL the probe and the writes share one BEGIN … COMMIT.
+        for attempt in range(5):
+            try:
+                duplicate = _index(session, row)
+                return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=duplicate)
+            except IntegrityError:
+                # Another association created the same patient/study/series row first, or a
+                # cached row id went stale: forget the cached ids and try again.
+                session.rollback()
+                _ids_for(session).clear()
+                if attempt == 4:
+                    raise
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailable(str(exc)) from exc
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,193 @@
+"""The fast paths of ingest (issue 2's throughput target) keep the receiver's promises.
+
+Timings live in ``bench/ingest.py``; these tests check behaviour only: several receiver
+processes share one port, the hand-made file meta equals pydicom's, the SQLite write lock, the
+sharded file store layout, and that filing still answers duplicates and outages correctly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom.dsutils import create_file_meta
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from remote_dx.core.db import write_lock
+from remote_dx.core.models import Device, Instance, Series, Study
+from remote_dx.core.settings import Settings
+from remote_dx.ingest.dicom_scp import file_meta_bytes
+from remote_dx.ingest.instance import Sender, file_instance
+from remote_dx.storage.file_store import FileStore
+from tests.conftest import settings_env
+from tests.support import wait_until
+from tests.test_dicom_scp import c_store, make_copy
+
+REMOTE_DX = str(Path(sys.executable).parent / "remote-dx")
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "transfer_syntax", "source_ae"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.1.2.1", "XIPING_ECG"),  # odd UID length
+        ("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2", "DR1"),  # odd AE length
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.4.90", "XIPING_DR"),
+    ],
+)
+def test_file_meta_bytes_equal_pydicoms_encoding(
+    sop_class: str, transfer_syntax: str, source_ae: str
+) -> None:
+    instance = "1.2.826.0.1.3680043.8.498.12345678901234567890123"
+    meta = FileMetaDataset(
+        create_file_meta(
+            sop_class_uid=sop_class, sop_instance_uid=instance, transfer_syntax=transfer_syntax
+        )
+    )
+    meta.SourceApplicationEntityTitle = source_ae
+    expected = DicomBytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    assert file_meta_bytes(sop_class, instance, transfer_syntax, source_ae) == expected.getvalue()
+
+
+def test_receiver_processes_share_the_port(
+    dcmtk: str, settings: Settings, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """``remote-dx scp --processes 2``: both processes accept associations on one port."""
+    env = {**os.environ, **settings_env(settings), "RDX_LOG_LEVEL": "INFO"}
+    log_path = tmp_path / "scp.log"
+    files = [make_copy("CT_small.dcm", tmp_path) for _ in range(16)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [REMOTE_DX, "scp", "--processes", "2"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+
+            def listening() -> set[str]:
+                if process.poll() is not None:
+                    raise AssertionError(log_path.read_text()[-3000:])
+                text = log_path.read_text()
+                return set(re.findall(r"\[(\d+)\]: DICOM receiver .* port shared", text))
+
+            pids = wait_until(lambda: len(listening()) == 2 and listening(), timeout=60)
+            # One association per file: the kernel spreads new connections over the listeners
+            # by a hash of the client port, so 16 of them reach both (all on one: p = 2^-15).
+            for path in files:
+                assert c_store(settings.dicom_port, [path]) == [0x0000]
+            with db() as session:
+                assert session.scalar(select(func.count(Instance.id))) == 16
+
+            def served() -> set[str]:
+                text = log_path.read_text()
+                return set(re.findall(r"\[(\d+)\]: association from XIPING_DR released", text))
+
+            wait_until(lambda: len(served()) == 2, timeout=10, message="both processes serving")
+            assert served() == pids
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    for pid in pids:  # the children are gone too
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+
+
+def test_sqlite_write_lock_serialises_writers(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    lock = write_lock(engine)
+    assert write_lock(engine) is lock  # one per database file
+    inside, overlaps = [0], [0]
+    guard = threading.Lock()
+
+    def writer() -> None:
+        for _ in range(50):
+            with lock:
+                with guard:
+                    inside[0] += 1
+                    overlaps[0] += inside[0] > 1
+                time.sleep(0.0002)
+                with guard:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps[0] == 0
+    assert (tmp_path / "db.sqlite3.write-lock").exists()  # the cross-process half (flock)
+    memory = create_engine("sqlite://")
+    postgres = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert type(write_lock(memory)) is not type(lock)
+    assert type(write_lock(postgres)) is not type(lock)
+
+
+def test_file_store_shards_keys_and_reads_the_old_layout(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = FileStore(root)
+    key = "dicom/1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+    store.put(key, [b"DICM", memoryview(b"-header"), b"", bytearray(b"-payload")])
+    assert store.get(key) == b"DICM-header-payload"
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert [p.relative_to(root).parts[1] for p in files] == [
+        "dicom%2F1.2.3%2F1.2.3.4%2F1.2.3.4.5.dcm"
+    ]
+    assert len([p for p in root.iterdir() if p.is_dir()]) == 256  # no directory per study
+    old = root / "dicom" / "9.8" / "9.8.7" / "9.8.7.6.dcm"  # the layout before sharding
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old")
+    assert store.get("dicom/9.8/9.8.7/9.8.7.6.dcm") == b"old"
+    assert list(store.list("dicom/")) == [
+        "dicom/1.2.3/1.2.3.4/1.2.3.4.5.dcm",
+        "dicom/9.8/9.8.7/9.8.7.6.dcm",
+    ]
+    store.put("dicom/9.8/9.8.7/9.8.7.6.dcm", b"new")
+    assert not old.exists() and store.get("dicom/9.8/9.8.7/9.8.7.6.dcm") == b"new"
+    store.delete(key)
+    assert not store.exists(key)
+    assert not [p for p in root.rglob(".tmp-*")]
+
+
+def test_filing_many_instances_of_one_series_counts_each_once(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Cached study/series ids: every instance lands in the same rows, duplicates count once."""
+    store = FileStore(settings.storage_dir)
+    with db() as session:
+        device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))
+        assert device is not None
+        sender = Sender.of(device)
+    study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.1.1"
+    paths = [
+        make_copy("CT_small.dcm", tmp_path, study_uid=study, series_uid=series) for _ in range(5)
+    ]
+    results = [
+        file_instance(path.read_bytes(), store=store, sessions=db, sender=sender)
+        for path in [*paths, paths[0]]
+    ]
+    assert [r.duplicate for r in results] == [False] * 5 + [True]
+    with db() as session:
+        assert session.scalar(select(Study.num_instances).where(Study.study_uid == study)) == 5
+        assert session.scalar(select(Study.revision).where(Study.study_uid == study)) == 5
+        assert session.scalar(select(func.count(Series.id)).where(Series.series_uid == series)) == 1
+        rows = session.scalars(
+            select(Instance).join(Series).where(Series.series_uid == series)
+        ).all()
+    assert len(rows) == 5
+    for row in rows:
+        assert store.get(row.object_key)[128:132] == b"DICM"
+        assert len(row.sha256) == 64
