@@ -13,6 +13,13 @@ transaction guarded by a compare-and-set on the study's revision:
 
 Re-running on a processed study changes nothing: the preview is overwritten with the same bytes
 and the worklist item is updated in place (one per study, unique in the schema).
+
+ECG studies (an instance of an ECG waveform SOP class, however it came: C-STORE or HTTP upload)
+also get the preliminary analysis (:mod:`remote_dx.ecg.service`): run before the transaction,
+stored in it. A critical finding makes the item STAT (due at received + the STAT ECG SLA) with
+a critical alert for the routed pool; a technically unsatisfactory tracing leaves a re-acquire
+notice for the origin. An analysis that fails is recorded as failed and the study is routed
+all the same.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from remote_dx.core.models import (
     StudyStatus,
     TaskRun,
 )
+from remote_dx.ecg.service import ECGOutcome, analyse_waveform, is_ecg_sop_class, record_analysis
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
 from remote_dx.ingest.charset import charsets_of, decode_element
 from remote_dx.ingest.validation import validate_study
@@ -61,6 +69,7 @@ class ProcessOutcome:
     problems: list[str] = field(default_factory=list)
     worklist_item_id: int | None = None
     reason: str = ""
+    ecg: ECGOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,16 @@ def process_study(
             )
         ]
 
-    headers = [_read_header(store, ref.object_key) for ref in refs]
+    headers: list[Dataset] = []
+    ecg: ECGOutcome | None = None
+    for ref in refs:
+        # Whole objects come back from the store; parsing stops before the pixels to save time.
+        data = store.get(ref.object_key)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        headers.append(ds)
+        if ecg is None and is_ecg_sop_class(ds.get("SOPClassUID")):
+            # The first ECG waveform of the study is analysed (re-acquisitions are new studies).
+            ecg = analyse_waveform(data, sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
     # Index first: text is decoded from the raw bytes, before anything makes pydicom convert it.
     index = _index_fields(headers)
     problems = validate_study(headers) if headers else ["The study has no instances"]
@@ -160,6 +178,9 @@ def process_study(
         problems.append("No preview: the study holds neither images nor waveforms")
 
     priority = header_priority(headers)
+    priority_source = "header"
+    if ecg is not None and ecg.critical:
+        priority, priority_source = Priority.STAT, "ecg-critical"
     modalities = index["modalities"].split("\\") if index["modalities"] else []
 
     for attempt in range(2):
@@ -175,6 +196,8 @@ def process_study(
                 priority,
                 now or utcnow(),
                 task_name,
+                ecg,
+                priority_source,
             )
         except IntegrityError:
             # A concurrent delivery inserted the worklist item first; the second pass updates it.
@@ -194,6 +217,8 @@ def _publish(
     priority: Priority | None,
     now: datetime,
     task_name: str | None,
+    ecg: ECGOutcome | None = None,
+    priority_source: str = "header",
 ) -> ProcessOutcome:
     with sessions() as session, session.begin():
         result = session.execute(
@@ -229,11 +254,22 @@ def _publish(
                 key,
                 problems,
                 reason="new instances arrived while processing",
+                ecg=ecg,
             )
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         assert study is not None
         _update_patient(study.patient, index)
-        item = route_study(session, study, modalities=modalities, priority=priority, now=now)
+        item = route_study(
+            session,
+            study,
+            modalities=modalities,
+            priority=priority,
+            now=now,
+            priority_source=priority_source,
+        )
+        if ecg is not None:
+            session.flush()  # the item's pool id, for the alert
+            record_analysis(session, study, item, ecg, now)
         if task_name is not None:
             session.execute(
                 update(TaskRun)
@@ -244,12 +280,7 @@ def _publish(
         session.flush()
         item_id = item.id
     log.info("study %s processed (revision %d, %d problems)", study_uid, revision, len(problems))
-    return ProcessOutcome(study_uid, "processed", revision, key, problems, item_id)
-
-
-def _read_header(store: ObjectStore, key: str) -> Dataset:
-    # Whole objects come back from the store; parsing stops before the pixels to save time.
-    return pydicom.dcmread(io.BytesIO(store.get(key)), stop_before_pixels=True)
+    return ProcessOutcome(study_uid, "processed", revision, key, problems, item_id, ecg=ecg)
 
 
 def _preview_instance(refs: list[_InstanceRef], headers: list[Dataset]) -> _InstanceRef | None:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from remote_dx.api.routers import auth, health, studies, worklist
+from remote_dx.api.routers import auth, ecg, health, studies, worklist
 from remote_dx.api.security import load_jwt_secret
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
@@ -40,6 +40,7 @@ OPENAPI_TAGS = [
     {"name": "auth", "description": "Log in and get a bearer token"},
     {"name": "worklist", "description": "Studies waiting to be read, scoped to the user"},
     {"name": "studies", "description": "A study's patient, series, instances and routing"},
+    {"name": "ecg", "description": "ECG upload, preliminary analysis, printout and leads"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -108,4 +109,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(worklist.router)
     app.include_router(studies.router)
+    app.include_router(ecg.router)
     return app

@@ -91,8 +91,13 @@ def decide(
     modalities: Iterable[str],
     received_at: datetime,
     priority: Priority | None = None,
+    priority_source: str = "header",
 ) -> RoutingDecision:
-    """The one routing rule: the origin's lead hospital, routine unless the header says more."""
+    """The one routing rule: the origin's lead hospital, routine unless the header says more.
+
+    ``priority_source`` names where a given priority came from in the recorded rule ("header",
+    or "ecg-critical" when the preliminary ECG analysis found a critical value).
+    """
     pool = origin.lead_hospital()
     if pool is None:
         raise NoReadingPool(
@@ -100,7 +105,7 @@ def decide(
         )
     kind = study_kind(modalities)
     chosen = priority or Priority.ROUTINE
-    source = "header" if priority is not None else "default"
+    source = priority_source if priority is not None else "default"
     where = "own-pool" if pool.id == origin.id else "lead-hospital"
     return RoutingDecision(
         pool=pool,
@@ -117,6 +122,7 @@ def route_study(
     modalities: Iterable[str],
     priority: Priority | None = None,
     now: datetime | None = None,
+    priority_source: str = "header",
 ) -> WorklistItem:
     """Create or update the study's worklist item (idempotent: one item per study).
 
@@ -124,7 +130,11 @@ def route_study(
     instance re-processes the study but must not pull it away from the reader.
     """
     decision = decide(
-        study.origin, modalities=modalities, received_at=study.received_at, priority=priority
+        study.origin,
+        modalities=modalities,
+        received_at=study.received_at,
+        priority=priority,
+        priority_source=priority_source,
     )
     item = session.scalar(select(WorklistItem).where(WorklistItem.study_pk == study.id))
     if item is None:
