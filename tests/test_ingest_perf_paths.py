@@ -7,6 +7,7 @@ sharded file store layout, and that filing still answers duplicates and outages 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,9 @@ from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import file_meta_bytes
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.file_store import FileStore
+from remote_dx.storage.s3_store import S3Store
 from tests.conftest import settings_env
+from tests.s3_server import SeaweedS3
 from tests.support import wait_until
 from tests.test_dicom_scp import c_store, make_copy
 
@@ -191,3 +195,21 @@ def test_filing_many_instances_of_one_series_counts_each_once(
     for row in rows:
         assert store.get(row.object_key)[128:132] == b"DICM"
         assert len(row.sha256) == 64
+
+
+@pytest.mark.s3
+def test_s3_store_puts_a_radiograph_in_one_request(s3_server: SeaweedS3) -> None:
+    """Above the SDK's 5 MiB part size the object still goes up as one PUT (not multipart)."""
+    store = S3Store(
+        s3_server.endpoint,
+        s3_server.access_key,
+        s3_server.secret_key,
+        f"perf-{uuid.uuid4().hex[:12]}",
+        secure=False,
+    )
+    data = os.urandom(8 * 1024 * 1024 + 123)
+    store.put("dicom/dx.dcm", data, content_type="application/dicom")
+    assert store.get("dicom/dx.dcm") == data
+    etag = s3_server.client().stat_object(store.bucket, "dicom/dx.dcm").etag
+    assert "-" not in etag, f"multipart ETag {etag}"  # a multipart upload's ETag ends in -<parts>
+    assert etag == hashlib.md5(data).hexdigest()

@@ -16,6 +16,7 @@ import threading
 import weakref
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -193,19 +194,21 @@ def file_instance(
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
-        # The hash runs beside the write (hashlib lets go of the GIL): ~5 ms for 8 MB.
-        digest = _hash_pool().submit(_sha256, data) if len(data) >= _HASH_ASIDE else None
+        # The object is written in a helper thread while this one hashes the bytes and (on
+        # PostgreSQL) sends the index rows; the transaction commits only once the object is
+        # durable, and rolls back if it could not be stored.
+        pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
         try:
-            store.put(key, data, content_type="application/dicom")
-        finally:
-            sha256 = digest.result() if digest is not None else _sha256(data)
-        row = _InstanceRow.of(ds, key, len(data), sha256, sender)
+            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
+        except BaseException:
+            pending.result()
+            raise
 
         # Same session: on SQLite the probe opened no transaction (pysqlite begins one at the
         # first write); on PostgreSQL the probe and the writes share one BEGIN … COMMIT.
         for attempt in range(5):
             try:
-                duplicate = _index(session, row)
+                duplicate = _index(session, row, pending.result)
                 return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=duplicate)
             except IntegrityError:
                 # Another association created the same patient/study/series row first, or a
@@ -219,15 +222,17 @@ def file_instance(
     raise AssertionError("unreachable")
 
 
-_HASH_ASIDE = 1 << 20
-_hash_executor: ThreadPoolExecutor | None = None
+_io_executor: ThreadPoolExecutor | None = None
+_io_executor_lock = threading.Lock()
 
 
-def _hash_pool() -> ThreadPoolExecutor:
-    global _hash_executor
-    if _hash_executor is None:
-        _hash_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256")
-    return _hash_executor
+def _io_pool() -> ThreadPoolExecutor:
+    global _io_executor
+    with _io_executor_lock:
+        if _io_executor is None:
+            # One write in flight per association at most; 32 is the receiver's default limit.
+            _io_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="object-put")
+        return _io_executor
 
 
 def _sha256(data: bytes) -> str:
@@ -393,12 +398,22 @@ class _Statements:
 _statements: dict[str, _Statements] = {}
 
 
-def _index(session: Session, row: _InstanceRow) -> bool:
-    """Write one instance's rows in one transaction; True if it was already indexed."""
+def _index(session: Session, row: _InstanceRow, stored: Callable[[], object]) -> bool:
+    """Write one instance's rows in one transaction; True if it was already indexed.
+
+    ``stored`` returns once the object is durable (or raises): it is called before the commit.
+    SQLite has one writer at a time, so there it is called before the write lock is taken (a
+    writer waiting on a disk flush would hold up every other association); PostgreSQL sends the
+    inserts while the object is still being written and waits before touching the study row,
+    which concurrent instances of the same study update.
+    """
     conn = session.connection()
     dialect = conn.dialect.name
     statements = _statements.get(dialect) or _statements.setdefault(dialect, _Statements(dialect))
     ids = _ids_for(session)
+    serialised = dialect == "sqlite"
+    if serialised:
+        stored()
     now = utcnow()
     with write_lock(conn.engine):
         study_pk = ids.get(ids.studies, row.study_uid)
@@ -421,6 +436,8 @@ def _index(session: Session, row: _InstanceRow) -> bool:
         instance_pk = conn.execute(
             statements.instance, {**row.instance, "series_pk": series_pk, "received_at": now}
         ).scalar()
+        if not serialised:
+            stored()
         if instance_pk is not None:
             conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
         session.commit()

@@ -18,6 +18,8 @@ from remote_dx.core.errors import StorageUnavailable
 from remote_dx.storage.base import ObjectNotFound, validate_key
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound"}
+_MIN_PART = 5 * 1024 * 1024  # the SDK refuses a smaller part_size
+_MAX_SINGLE_PUT = 5 * 1024**3  # S3's largest single PUT
 
 
 class S3Store:
@@ -67,9 +69,17 @@ class S3Store:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         validate_key(key)
         self._ensure_bucket()
+        # One PUT up to S3's single-request limit: the SDK's default part size (5 MiB) turns an
+        # 8 MB radiograph into a multipart upload of four requests (SeaweedFS: 105 -> 82 ms).
+        part_size = max(len(data), _MIN_PART) if len(data) <= _MAX_SINGLE_PUT else 0
         try:
             self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                part_size=part_size,
             )
         except (S3Error, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise StorageUnavailable(f"S3 put {key} failed: {exc}") from exc
