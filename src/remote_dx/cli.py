@@ -140,6 +140,10 @@ def upload_ecg(
     patient_sex: Annotated[str | None, typer.Option()] = None,
     patient_birth_date: Annotated[str | None, typer.Option(help="YYYYMMDD")] = None,
     priority: Annotated[str | None, typer.Option(help="routine | urgent | stat")] = None,
+    sampling_rate: Annotated[
+        float | None, typer.Option(help="CSV without a rate in its header: Hz")
+    ] = None,
+    units: Annotated[str | None, typer.Option(help="CSV without units: uV or mV")] = None,
     settle_seconds: Annotated[
         float, typer.Option(help="watch: a file must be unchanged this long")
     ] = 1.0,
@@ -167,6 +171,8 @@ def upload_ecg(
                 "patient_sex": patient_sex,
                 "patient_birth_date": patient_birth_date,
                 "priority": priority,
+                "sampling_rate": None if sampling_rate is None else f"{sampling_rate:g}",
+                "units": units,
             },
             settle_seconds=settle_seconds,
             rescan_seconds=rescan_seconds,
