@@ -32,6 +32,16 @@ class _View(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class ECGSummary(BaseModel):
+    """The preliminary ECG analysis at a glance (in full: GET /api/v1/ecg/{uid}/analysis)."""
+
+    status: str = Field(description="pending, done or failed")
+    heart_rate: float | None = Field(description="bpm")
+    rhythm: str | None = Field(description="sinus, sinus_brady, afib, …")
+    critical: bool
+    technically_unsatisfactory: bool
+
+
 class WorklistEntry(_View):
     study_uid: str
     patient_id: str
@@ -49,6 +59,9 @@ class WorklistEntry(_View):
     received_at: Timestamp
     due_at: Timestamp
     num_instances: int
+    ecg: ECGSummary | None = Field(
+        None, description="ECG studies: the preliminary analysis in brief (null otherwise)"
+    )
 
 
 class WorklistPage(BaseModel):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, case, exists, false, func, select, true
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from remote_dx.core.models import (
+    ECGAnalysisRecord,
     Institution,
     Patient,
     Priority,
@@ -33,6 +35,7 @@ from remote_dx.core.models import (
     WorklistStatus,
 )
 from remote_dx.worklist.schemas import (
+    ECGSummary,
     InstanceView,
     PatientView,
     RoutingView,
@@ -157,6 +160,11 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
             Study.received_at,
             WorklistItem.due_at,
             Study.num_instances,
+            ECGAnalysisRecord.status.label("ecg_status"),
+            ECGAnalysisRecord.heart_rate.label("ecg_heart_rate"),
+            ECGAnalysisRecord.rhythm.label("ecg_rhythm"),
+            ECGAnalysisRecord.critical.label("ecg_critical"),
+            ECGAnalysisRecord.technically_unsatisfactory.label("ecg_unsatisfactory"),
         )
         .select_from(page)
         .join(WorklistItem, WorklistItem.id == page.c.item_id)
@@ -164,12 +172,25 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
         .join(Patient, Patient.id == Study.patient_pk)
         .join(_origin, _origin.id == Study.origin_id)
         .join(_pool, _pool.id == WorklistItem.pool_id)
+        # ECG studies carry their analysis summary (one row per study: study_pk is unique).
+        .outerjoin(ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id)
         .order_by(page.c.rank, page.c.due_at, page.c.item_id)
     ).all()
     total = session.scalar(_filtered(select(func.count()).select_from(WorklistItem), user, query))
-    return WorklistPage(
-        items=[WorklistEntry.model_validate(row._mapping) for row in rows], total=total or 0
-    )
+    return WorklistPage(items=[_entry(row._mapping) for row in rows], total=total or 0)
+
+
+def _entry(row: Any) -> WorklistEntry:
+    ecg = None
+    if row["ecg_status"] is not None:
+        ecg = ECGSummary(
+            status=str(row["ecg_status"]),
+            heart_rate=row["ecg_heart_rate"],
+            rhythm=row["ecg_rhythm"],
+            critical=bool(row["ecg_critical"]),
+            technically_unsatisfactory=bool(row["ecg_unsatisfactory"]),
+        )
+    return WorklistEntry.model_validate({**row, "ecg": ecg})
 
 
 def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | None:
