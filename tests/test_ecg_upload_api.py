@@ -301,3 +301,52 @@ def test_storage_down_is_503_and_nothing_is_indexed(
     assert "retry" in response.json()["detail"]
     with db() as session:
         assert session.scalars(select(Study)).all() == []
+
+
+def test_cli_makes_a_device_key_once_and_loads_a_network(
+    client: TestClient, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from remote_dx.cli import app as cli
+
+    runner = CliRunner()
+    network = tmp_path / "network.yaml"
+    network.write_text(
+        "institutions:\n"
+        "  - {code: XXXRMYY, name: 西峡县人民医院, level: county}\n"
+        "  - {code: MIJIANG, name: 米坪镇卫生院, level: township, parent: XXXRMYY}\n"
+        "devices:\n"
+        "  - {ae_title: MIJIANG_ECG, name: 米坪心电图机, modality: ECG, institution: MIJIANG}\n"
+        "users:\n"
+        "  - {username: tech_mijiang, role: technician, institution: MIJIANG, password: demo}\n",
+        encoding="utf-8",
+    )
+    loaded = runner.invoke(cli, ["network", "load", str(network), "--with-passwords"])
+    assert loaded.exit_code == 0, loaded.output
+    assert "1 devices" in loaded.output
+
+    made = runner.invoke(cli, ["devices", "key", "MIJIANG_ECG"])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[0]
+    assert key.startswith("rdx_") and len(key) > 40
+    response = upload(client, [("m.xml", muse_xml(synthetic_ecg()))], headers={"X-Device-Key": key})
+    assert response.status_code == 201, response.text
+    study, _ = stored_instance(db, response.json()["study_uid"])
+    assert study.origin.code == "MIJIANG"
+    # The township's technician can log in (password from the file) and see the study.
+    seen = client.get(f"/api/v1/studies/{study.study_uid}", headers=auth(client, "tech_mijiang"))
+    assert seen.status_code == 200
+
+    # A new key replaces the old one.
+    again = runner.invoke(cli, ["devices", "key", "MIJIANG_ECG"])
+    assert again.stdout.strip().splitlines()[0] != key
+    old = upload(client, [("m.xml", muse_xml(synthetic_ecg()))], headers={"X-Device-Key": key})
+    assert old.status_code == 401
+
+    unknown = runner.invoke(cli, ["devices", "key", "NO_SUCH_AE"])
+    assert unknown.exit_code == 1 and "NO_SUCH_AE" in unknown.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("devices:\n  - {ae_title: X, modality: ECG, institution: NOWHERE}\n")
+    failed = runner.invoke(cli, ["network", "load", str(broken)])
+    assert failed.exit_code == 1 and "NOWHERE" in failed.output

@@ -182,5 +182,65 @@ def upload_ecg(
     )
 
 
+devices_app = typer.Typer(help="Registered devices (modalities, ECG carts).", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("key")
+def devices_key(
+    ae_title: Annotated[str, typer.Argument(help="the device's AE title")],
+    data_dir: DataDir = None,
+) -> None:
+    """Make a new HTTP API key for a device (sent as X-Device-Key) and print it once.
+
+    Only its hash is stored: a lost key cannot be shown again, only replaced (which revokes it).
+    """
+    from remote_dx.core.db import session_scope
+    from remote_dx.ecg.service import new_device_key
+
+    try:
+        with session_scope(_settings(data_dir=data_dir)) as session:
+            key = new_device_key(session, ae_title)
+    except LookupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(key)
+    typer.echo(
+        f"(the API key of {ae_title}; shown this once, store it on the device now)", err=True
+    )
+
+
+network_app = typer.Typer(help="The medical community's network.", no_args_is_help=True)
+app.add_typer(network_app, name="network")
+
+
+@network_app.command("load")
+def network_load(
+    path: Annotated[Path, typer.Argument(help="network YAML (institutions, devices, users)")],
+    with_passwords: Annotated[
+        bool,
+        typer.Option(
+            "--with-passwords", help="also set users' passwords from the file (demo/test only)"
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create or update institutions, devices and users from a YAML file (idempotent)."""
+    from remote_dx.core.db import session_scope
+    from remote_dx.core.network import NetworkFileError, apply_network, load_network_file
+
+    try:
+        data = load_network_file(path)
+        with session_scope(_settings(data_dir=data_dir)) as session:
+            apply_network(session, data, with_passwords=with_passwords)
+    except (NetworkFileError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    counts = ", ".join(
+        f"{len(data.get(k) or [])} {k}" for k in ("institutions", "devices", "users")
+    )
+    typer.echo(f"network loaded from {path}: {counts}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
