@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx import pipeline, tasks
 from remote_dx.api.app import create_app
+from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     AlertSource,
     AnalysisStatus,
@@ -37,12 +39,13 @@ from remote_dx.core.models import (
     Study,
     WorklistItem,
 )
-from remote_dx.core.settings import Settings
+from remote_dx.core.network import apply_network, load_network_file
+from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.ecg.analysis import ALGORITHM_VERSION
 from remote_dx.ecg.model import ECG
 from remote_dx.ingest.study import sweep_ready_studies
 from tests.ecg_samples import csv_text, synthetic_ecg
-from tests.support import wait_until
+from tests.support import DEMO_NETWORK, wait_until
 from tests.test_ecg_upload_api import auth
 from tests.test_pipeline import file, local_testdata, make_dx, part10, quiet_over, run_task
 
@@ -159,6 +162,35 @@ def test_stemi_like_ecg_becomes_stat_with_an_alert_for_the_county_pool(
     with db() as session:
         assert len(session.scalars(select(CriticalAlert)).all()) == 1
         assert len(session.scalars(select(ECGAnalysisRecord)).all()) == 1
+
+
+@pytest.mark.postgres
+def test_stemi_path_on_postgresql(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same critical path with the scale-out database (JSON columns, the alert, the join)."""
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
+    reset_settings()
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    db = get_sessionmaker(pg)
+    tasks.configure(pg)
+    client = TestClient(create_app(pg))
+    for username in ("tech_xiping", "county_reader"):
+        auth(client, username)
+
+    study_uid = upload_csv(client, stemi_like(), "PG-STEMI")
+    process(pg, db, study_uid)
+    study, item = item_of(db, study_uid)
+    assert item.priority == Priority.STAT
+    assert item.due_at == study.received_at + timedelta(minutes=10)
+    with db() as session:
+        assert len(session.scalars(select(CriticalAlert)).all()) == 1
+    assert analysis(client, study_uid).json()["critical"]["critical"] is True
+    entry = client.get("/api/v1/worklist", headers=auth(client, "county_reader")).json()
+    assert entry["items"][0]["ecg"]["critical"] is True
 
 
 def test_normal_ecg_is_routine_with_its_analysis_printout_leads_and_confirmation(

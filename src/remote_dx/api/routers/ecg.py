@@ -89,8 +89,10 @@ def uploader(
         "`patient_name`, `patient_sex` (M/F/O), `patient_birth_date` (YYYYMMDD), `priority`, "
         "and for CSV `sampling_rate` (Hz) and `units` (uV/mV). Authenticate as a technician "
         f"(bearer) or as a cart (`{DEVICE_KEY_HEADER}`). Answers 201 once the ECG is stored "
-        "(the original files and a DICOM 12-lead waveform object); resending the same upload "
-        "answers 201 with the same study and `duplicate: true`."
+        "(the original files and a DICOM 12-lead waveform object). The study's UIDs derive from "
+        "the upload's content, fields and origin, so resending the same upload (as an uploader "
+        "does with the same `Idempotency-Key` after a lost answer) answers 201 with the same "
+        "study and `duplicate: true`."
     ),
     responses={
         401: {"description": "No or bad credentials"},
