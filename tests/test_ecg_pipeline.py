@@ -221,6 +221,8 @@ def test_normal_ecg_is_routine_with_its_analysis_printout_leads_and_confirmation
         "critical": False,
         "technically_unsatisfactory": False,
     }
+    detail = client.get(f"/api/v1/studies/{study_uid}", headers=auth(client, "county_reader"))
+    assert detail.json()["ecg"]["rhythm"] == "sinus"
     # Not visible outside the county pool and the origin.
     assert analysis(client, study_uid, "province_reader").status_code == 404
 

@@ -122,3 +122,4 @@ class StudyDetail(BaseModel):
     patient: PatientView
     series: list[SeriesView]
     worklist_item: RoutingView | None
+    ecg: ECGSummary | None = Field(None, description="ECG studies: the analysis in brief")

@@ -197,16 +197,17 @@ def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | Non
     """The study with its series and instances, or None if it does not exist *or* ``user``
     may not see it (callers answer 404 for both, so existence is not revealed)."""
     row = session.execute(
-        select(Study, Patient, _origin.name, WorklistItem, _pool.name)
+        select(Study, Patient, _origin.name, WorklistItem, _pool.name, ECGAnalysisRecord)
         .join(Patient, Patient.id == Study.patient_pk)
         .join(_origin, _origin.id == Study.origin_id)
         .outerjoin(WorklistItem, WorklistItem.study_pk == Study.id)
         .outerjoin(_pool, _pool.id == WorklistItem.pool_id)
+        .outerjoin(ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id)
         .where(Study.study_uid == study_uid, visibility(user))
     ).one_or_none()
     if row is None:
         return None
-    study, patient, origin_name, item, pool_name = row
+    study, patient, origin_name, item, pool_name, ecg = row
     series = session.scalars(
         select(Series)
         .where(Series.study_pk == study.id)
@@ -256,5 +257,14 @@ def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | Non
             routed_at=item.routed_at,
             due_at=item.due_at,
             routing_rule=item.routing_rule,
+        ),
+        ecg=None
+        if ecg is None
+        else ECGSummary(
+            status=str(ecg.status),
+            heart_rate=ecg.heart_rate,
+            rhythm=ecg.rhythm,
+            critical=ecg.critical,
+            technically_unsatisfactory=ecg.technically_unsatisfactory,
         ),
     )
