@@ -213,3 +213,47 @@ def test_s3_store_puts_a_radiograph_in_one_request(s3_server: SeaweedS3) -> None
     etag = s3_server.client().stat_object(store.bucket, "dicom/dx.dcm").etag
     assert "-" not in etag, f"multipart ETag {etag}"  # a multipart upload's ETag ends in -<parts>
     assert etag == hashlib.md5(data).hexdigest()
+
+
+def test_sqlite_ingest_commits_share_wal_flushes_and_leave_connections_full(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: each filing waits for a WAL fsync that started after its commit; callers
+    arriving together share one; pooled connections go back to synchronous=FULL."""
+    import remote_dx.core.db as core_db
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith("-wal"):
+            flushed.append(path)
+            time.sleep(0.05)  # a slow disk: others queue up behind this flush
+        real_fsync(fd)
+
+    monkeypatch.setattr(core_db.os, "fsync", counting_fsync)
+    store = FileStore(settings.storage_dir)
+    with db() as session:
+        device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))
+        assert device is not None
+        sender = Sender.of(device)
+    payloads = [make_copy("CT_small.dcm", tmp_path).read_bytes() for _ in range(8)]
+    file_instance(payloads[0], store=store, sessions=db, sender=sender)
+    assert len(flushed) == 1  # a lone commit is flushed before file_instance returns
+    threads = [
+        threading.Thread(
+            target=file_instance,
+            args=(data,),
+            kwargs={"store": store, "sessions": db, "sender": sender},
+        )
+        for data in payloads[1:]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert 2 <= len(flushed) < 8  # seven concurrent commits shared flushes
+    with db() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 8
+        assert session.connection().exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

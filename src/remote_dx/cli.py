@@ -57,17 +57,14 @@ def scp(
         typer.Option(
             "--processes",
             min=1,
-            help="receiver processes sharing the port (SO_REUSEPORT); default: one per CPU",
+            help="receiver processes sharing the port (SO_REUSEPORT); default 1",
         ),
     ] = None,
 ) -> None:
     """Run only the DICOM receiver (scale-out: several behind a load balancer)."""
-    from remote_dx.ingest.dicom_scp import default_processes, run_receiver
+    from remote_dx.ingest.dicom_scp import run_receiver
 
-    run_receiver(
-        _settings(data_dir=data_dir, dicom_port=dicom_port),
-        processes=processes or default_processes(),
-    )
+    run_receiver(_settings(data_dir=data_dir, dicom_port=dicom_port), processes=processes or 1)
 
 
 @app.command()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -412,21 +411,15 @@ def start_receiver(
     return receiver
 
 
-def default_processes() -> int:
-    """One receiver process per CPU the scheduler gives us."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def run_receiver(settings: Settings, processes: int = 1) -> None:
     """Run the receiver in the foreground until Ctrl-C or SIGTERM (``remote-dx scp``).
 
     With ``processes`` > 1 this process and ``processes - 1`` children each run a receiver on
-    the same port (SO_REUSEPORT: the kernel hands each new association to one of them). One
-    Python process runs one association's parsing and filing at a time (the GIL), so on a
-    2-core machine two processes take parallel senders ~1.5× as fast. Children that die are
+    the same port (SO_REUSEPORT: the kernel hands each new association to one of them), so
+    parsing and filing of parallel associations are not limited to one core by the GIL. Worth
+    it on machines with cores to spare: on the 2-core bench machine four storescu senders left
+    none, the flushes were the limit, and SQLite writers of one study in two processes were
+    slower than in one (CT ×4: ~110 vs ~150/s), hence the default of 1. Children that die are
     started again; SIGTERM stops them all.
     """
     _configure_logging(settings)

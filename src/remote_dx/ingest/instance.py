@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import write_lock
+from remote_dx.core.db import deferred_flush, make_durable, write_lock
 from remote_dx.core.errors import DatabaseUnavailable, InvalidInstance
 from remote_dx.core.models import (
     Device,
@@ -414,6 +414,7 @@ def _index(session: Session, row: _InstanceRow, stored: Callable[[], object]) ->
     serialised = dialect == "sqlite"
     if serialised:
         stored()
+    flush_after = deferred_flush(conn)
     now = utcnow()
     with write_lock(conn.engine):
         study_pk = ids.get(ids.studies, row.study_uid)
@@ -440,7 +441,13 @@ def _index(session: Session, row: _InstanceRow, stored: Callable[[], object]) ->
             stored()
         if instance_pk is not None:
             conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+        engine = conn.engine
         session.commit()
+    if flush_after:
+        try:
+            make_durable(engine)  # outside the write lock: concurrent commits share one flush
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot flush the index: {exc}") from exc
     ids.put(ids.studies, row.study_uid, study_pk)
     ids.put(ids.series, row.series_uid, series_pk)
     return instance_pk is None
