@@ -447,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
                             f"{result.seconds:.2f} s, {result.images_per_s:.1f} images/s, "
                             f"{result.mb_per_s:.1f} MB/s"
                         )
-                        print(f"  {mode:<12} {kind:<4} x{parallel}: {status}", flush=True)
+                        load = os.getloadavg()[0]
+                        print(
+                            f"  {mode:<12} {kind:<4} x{parallel}: {status} (load {load:.1f})",
+                            flush=True,
+                        )
         print()
     finally:
         if weed is not None:
