@@ -156,6 +156,8 @@ class User(Base):
     # Reader qualifications: modalities read (e.g. ["DX", "CR", "ECG"]) and professional title.
     modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
     title: Mapped[str | None] = mapped_column(String(32))
+    # Subspecialty sections of the reader's pool they read for (empty: the general pool only).
+    sections: Mapped[list[str]] = mapped_column(JSON, default=list)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
     institution: Mapped[Institution] = relationship()
@@ -276,9 +278,22 @@ class WorklistItem(Base):
     routed_at: Mapped[datetime] = mapped_column(default=utcnow)
     due_at: Mapped[datetime] = mapped_column(index=True)
     routing_rule: Mapped[str] = mapped_column(String(128))
+    # A named subspecialty section inside the pool (e.g. "cardiology"); None = whole pool.
+    section: Mapped[str | None] = mapped_column(String(64))
+    # Reading (issue 4): one reader holds a lease; it lapses if the reader walks away.
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    claimed_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # 0 = the pool it was first routed to; each escalation (manual or automatic) adds one.
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    escalated_at: Mapped[datetime | None]
+    second_signature_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped on every change, so server-sent events and clients can tell what is new.
+    version: Mapped[int] = mapped_column(Integer, default=0)
 
     study: Mapped[Study] = relationship(back_populates="worklist_item")
     pool: Mapped[Institution] = relationship()
+    claimed_by: Mapped[User | None] = relationship()
 
 
 # --- ECG (issue 3) --------------------------------------------------------------------------------
@@ -341,6 +356,10 @@ class CriticalAlert(Base):
     raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # The named clinician who took the value (危急值 must reach a named person).
+    acknowledged_by_name: Mapped[str | None] = mapped_column(String(100))
+    notify_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_notified_at: Mapped[datetime | None]
 
 
 class ReacquireRequest(Base):
@@ -355,3 +374,150 @@ class ReacquireRequest(Base):
     leads: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None]
+
+
+# --- Reading workflow (issue 4) -------------------------------------------------------------------
+
+
+class RoutingRuleSet(Base):
+    """A version of the routing rules (YAML text); the newest active one is in force."""
+
+    __tablename__ = "routing_rule_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    yaml_text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    comment: Mapped[str | None] = mapped_column(String(200))
+
+
+class RoutingDecisionKind(enum.StrEnum):
+    INITIAL = "initial"
+    ESCALATION = "escalation"  # overdue → one level up, by the periodic task
+    CONSULTATION = "consultation"  # a reader asked a higher level (会诊)
+    REASSIGNMENT = "reassignment"  # a supervisor moved it
+    PRIORITY = "priority"  # priority raised (e.g. a critical ECG)
+
+
+class RoutingDecision(Base):
+    """Every routing decision, with the rule (or person) that made it."""
+
+    __tablename__ = "routing_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kind: Mapped[RoutingDecisionKind] = mapped_column(_enum(RoutingDecisionKind))
+    rule: Mapped[str] = mapped_column(String(128))
+    from_pool_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    section: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[Priority] = mapped_column(_enum(Priority))
+    due_at: Mapped[datetime]
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ConsultationStatus(enum.StrEnum):
+    OPEN = "open"
+    ANSWERED = "answered"
+    CANCELLED = "cancelled"
+
+
+class Consultation(Base):
+    """会诊: a reader asks a higher-level pool for an opinion; both opinions are kept."""
+
+    __tablename__ = "consultations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    from_pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    to_pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False)
+    question: Mapped[str | None] = mapped_column(Text)
+    requester_opinion: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[ConsultationStatus] = mapped_column(
+        _enum(ConsultationStatus), default=ConsultationStatus.OPEN, index=True
+    )
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    answered_at: Mapped[datetime | None]
+    answered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    answer: Mapped[str | None] = mapped_column(Text)
+
+
+class ReportStatus(enum.StrEnum):
+    DRAFT = "draft"
+    PRELIMINARY = "preliminary"  # signed by a junior; awaits the senior's second signature
+    FINAL = "final"
+    AMENDED = "amended"  # final, with a later version than the first signed one
+
+
+class Report(Base):
+    """The reading's result for one study; its text lives in :class:`ReportVersion` rows."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    template: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ReportStatus] = mapped_column(
+        _enum(ReportStatus), default=ReportStatus.DRAFT, index=True
+    )
+    current_version: Mapped[int] = mapped_column(Integer, default=0)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    signed_at: Mapped[datetime | None] = mapped_column(index=True)
+    confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    confirmed_at: Mapped[datetime | None]
+    # Short code printed on the report; /verify/{code} shows it to anyone (结果互认).
+    verify_code: Mapped[str | None] = mapped_column(String(16), unique=True)
+    positive: Mapped[bool | None] = mapped_column(Boolean)  # abnormal finding, for statistics
+    critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    draft: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # autosaved, unsigned content
+    draft_saved_at: Mapped[datetime | None]
+
+
+class ReportVersion(Base):
+    """One signed version of a report: immutable once written; amendments add versions."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (UniqueConstraint("report_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # preliminary | final | confirm | amend
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)  # findings, impression, measurements…
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was amended
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Ed25519 over the canonical JSON of the signed payload (hub key).
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    signature: Mapped[str | None] = mapped_column(String(128))
+    key_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeliveryChannel(enum.StrEnum):
+    DICOM_PDF = "dicom-pdf"  # Encapsulated PDF by C-STORE to the township
+    DICOM_SR = "dicom-sr"  # Basic Text SR by C-STORE
+    FHIR = "fhir"
+
+
+class Delivery(Base):
+    """A signed report's way back to the township; retried until delivered."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[DeliveryChannel] = mapped_column(_enum(DeliveryChannel))
+    target: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
