@@ -50,7 +50,7 @@ from remote_dx.ecg.service import ECGOutcome, analyse_waveform, is_ecg_sop_class
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
 from remote_dx.ingest.charset import charsets_of, decode_element
 from remote_dx.ingest.validation import validate_study
-from remote_dx.routing.route import header_priority, route_study
+from remote_dx.routing.route import header_patient_age, header_priority, route_study
 from remote_dx.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def process_study(
                 task_name,
                 ecg,
                 priority_source,
+                header_patient_age(headers),
             )
         except IntegrityError:
             # A concurrent delivery inserted the worklist item first; the second pass updates it.
@@ -219,6 +220,7 @@ def _publish(
     task_name: str | None,
     ecg: ECGOutcome | None = None,
     priority_source: str = "header",
+    patient_age: str | None = None,
 ) -> ProcessOutcome:
     with sessions() as session, session.begin():
         result = session.execute(
@@ -266,6 +268,7 @@ def _publish(
             priority=priority,
             now=now,
             priority_source=priority_source,
+            patient_age=patient_age,
         )
         if ecg is not None:
             session.flush()  # the item's pool id, for the alert
