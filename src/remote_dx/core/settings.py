@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     jwt_algorithm: str = "HS256"
     access_token_minutes: int = 60 * 8
 
+    # Reading (issue 4).
+    lease_minutes: float = Field(
+        15.0, description="A claimed study is the reader's for this long; renewals extend it."
+    )
+    alert_renotify_minutes: float = Field(
+        5.0, description="An unacknowledged critical alert is notified again after this long."
+    )
+
     demo: bool = False
     routing_file: Path | None = None
     log_level: str = "INFO"

@@ -59,6 +59,12 @@ class WorklistEntry(_View):
     received_at: Timestamp
     due_at: Timestamp
     num_instances: int
+    section: str | None = Field(None, description="Subspecialty section of the pool, if any")
+    claimed_by: str | None = Field(None, description="Full name of the reader holding the lease")
+    lease_expires_at: Timestamp | None = None
+    escalation_level: int = Field(0, description="0 = first pool; +1 per escalation")
+    overdue: bool = Field(False, description="Past its due time and not signed")
+    version: int = Field(0, description="Bumped on every change of the item")
     ecg: ECGSummary | None = Field(
         None, description="ECG studies: the preliminary analysis in brief (null otherwise)"
     )
@@ -67,6 +73,45 @@ class WorklistEntry(_View):
 class WorklistPage(BaseModel):
     items: list[WorklistEntry]
     total: int = Field(description="Items matching the filters, before limit/offset")
+
+
+class WorklistCounts(BaseModel):
+    by_status: dict[WorklistStatus, int] = Field(description="Every status, zero included")
+    overdue: int = Field(description="Past their due time and not signed")
+    total: int
+
+
+class Holder(BaseModel):
+    username: str
+    full_name: str
+
+
+class LeaseView(BaseModel):
+    """A worklist item's reading state after a claim, renewal, release or reassignment."""
+
+    study_uid: str
+    status: WorklistStatus
+    priority: Priority
+    pool: str
+    section: str | None
+    claimed_by: Holder | None
+    claimed_at: Timestamp | None
+    lease_expires_at: Timestamp | None
+    version: int
+
+
+class WorklistChange(BaseModel):
+    """One changed item in a server-sent ``worklist`` event."""
+
+    study_uid: str
+    status: WorklistStatus | None = None
+    priority: Priority | None = None
+    pool: str | None = None
+    version: int | None = None
+    claimed_by: str | None = None
+    lease_expires_at: Timestamp | None = None
+    escalation_level: int | None = None
+    removed: bool = Field(False, description="The item left the user's scope (escalated, moved)")
 
 
 class PatientView(_View):

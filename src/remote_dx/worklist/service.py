@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, exists, false, func, select, true
+from sqlalchemy import ColumnElement, Select, case, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session, aliased, selectinload
 
+from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     ECGAnalysisRecord,
     Institution,
@@ -41,6 +43,7 @@ from remote_dx.worklist.schemas import (
     RoutingView,
     SeriesView,
     StudyDetail,
+    WorklistCounts,
     WorklistEntry,
     WorklistPage,
 )
@@ -57,6 +60,10 @@ PRIORITY_RANK = case(
 
 _origin = aliased(Institution, name="origin")
 _pool = aliased(Institution, name="pool")
+_holder = aliased(User, name="holder")
+
+# ``sort`` values: the worklist's default (most urgent first), or one time column.
+SORTS = ("priority,due_at", "due_at", "received_at", "-received_at")
 
 
 def visibility(user: User) -> ColumnElement[bool]:
@@ -77,11 +84,22 @@ def visibility(user: User) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class WorklistQuery:
-    """Filters and paging of a worklist request (empty filter = no restriction)."""
+    """Filters, order and paging of a worklist request (empty filter = no restriction).
+
+    ``origins`` are institution codes; ``patient`` matches the patient ID exactly or any part of
+    the decoded name (Chinese included); ``received_from`` ≤ received_at < ``received_to``.
+    """
 
     statuses: Sequence[WorklistStatus] = ()
     priorities: Sequence[Priority] = ()
     modalities: Sequence[str] = ()
+    origins: Sequence[str] = ()
+    sections: Sequence[str] = ()
+    patient: str | None = None
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+    overdue: bool | None = None
+    sort: str = "priority,due_at"
     limit: int = 50
     offset: int = 0
 
@@ -98,16 +116,38 @@ def _first_series_modality() -> ColumnElement[str | None]:
 
 
 def _needs_study(user: User, query: WorklistQuery) -> bool:
-    return Role(user.role) is Role.TECHNICIAN or bool(query.modalities)
+    return (
+        Role(user.role) is Role.TECHNICIAN
+        or bool(query.modalities or query.origins or query.patient)
+        or query.received_from is not None
+        or query.received_to is not None
+        or query.sort.lstrip("-") == "received_at"
+    )
 
 
-def _filtered(statement: Select, user: User, query: WorklistQuery) -> Select:  # type: ignore[type-arg]
+def overdue_condition(now: datetime) -> ColumnElement[bool]:
+    """Past its due time and not yet signed (what escalation and the counts call overdue)."""
+    return (WorklistItem.due_at < now) & (WorklistItem.status != WorklistStatus.SIGNED)
+
+
+def _filtered(
+    statement: Select,  # type: ignore[type-arg]
+    user: User,
+    query: WorklistQuery,
+    *,
+    now: datetime | None = None,
+    with_status: bool = True,
+) -> Select:  # type: ignore[type-arg]
     """Add the scope and filters to a statement over ``worklist_items``, joining ``studies`` only
-    when the scope or a filter needs it (neither SQLite nor PostgreSQL drops an unused join)."""
+    when the scope or a filter needs it (neither SQLite nor PostgreSQL drops an unused join).
+
+    Origin and patient filters are ``IN (subquery)`` on the study's indexed foreign keys, so the
+    page query still sorts narrow rows.
+    """
     if _needs_study(user, query):
         statement = statement.join(Study, Study.id == WorklistItem.study_pk)
     statement = statement.where(visibility(user))
-    if query.statuses:
+    if with_status and query.statuses:
         statement = statement.where(WorklistItem.status.in_(list(query.statuses)))
     if query.priorities:
         statement = statement.where(WorklistItem.priority.in_(list(query.priorities)))
@@ -117,29 +157,67 @@ def _filtered(statement: Select, user: User, query: WorklistQuery) -> Select:  #
         statement = statement.where(
             exists().where(Series.study_pk == Study.id, Series.modality.in_(wanted))
         )
+    if query.origins:
+        codes = sorted({c.strip().upper() for c in query.origins if c.strip()})
+        statement = statement.where(
+            Study.origin_id.in_(select(Institution.id).where(Institution.code.in_(codes)))
+        )
+    if query.sections:
+        statement = statement.where(WorklistItem.section.in_(list(query.sections)))
+    if query.patient:
+        text = query.patient.strip()
+        statement = statement.where(
+            Study.patient_pk.in_(
+                select(Patient.id).where(
+                    or_(Patient.patient_id == text, Patient.name.icontains(text, autoescape=True))
+                )
+            )
+        )
+    if query.received_from is not None:
+        statement = statement.where(Study.received_at >= query.received_from)
+    if query.received_to is not None:
+        statement = statement.where(Study.received_at < query.received_to)
+    if query.overdue is not None:
+        late = overdue_condition(now or utcnow())
+        statement = statement.where(late if query.overdue else ~late)
     return statement
 
 
+def _sort_keys(sort: str) -> list[tuple[str, ColumnElement[Any], bool]]:
+    """(label, expression, descending) in order; the item id breaks ties so paging is stable."""
+    if sort == "due_at":
+        keys = [("due_at", WorklistItem.due_at, False)]
+    elif sort == "received_at":
+        keys = [("received_at", Study.received_at, False)]
+    elif sort == "-received_at":
+        keys = [("received_at", Study.received_at, True)]
+    else:
+        keys = [("rank", PRIORITY_RANK, False), ("due_at", WorklistItem.due_at, False)]
+    return [*keys, ("item_id", WorklistItem.id, sort == "-received_at")]
+
+
 def list_worklist(session: Session, user: User, query: WorklistQuery) -> WorklistPage:
-    """The worklist page ``user`` may see: STAT first, then by due time.
+    """The worklist page ``user`` may see, in the order ``query.sort`` asks (default: STAT
+    first, then by due time).
 
     One statement: the page is chosen on narrow ``worklist_items`` rows (sorting a pool of tens
     of thousands of items costs little there), and only the page's rows are joined to the study,
-    patient and institution names.
+    patient, institution and lease-holder names.
     """
+    if query.sort not in SORTS:
+        raise ValueError(f"unknown sort {query.sort!r}; use one of {', '.join(SORTS)}")
+    now = utcnow()
     limit = max(1, min(query.limit, MAX_PAGE))
     offset = max(0, query.offset)
+    keys = _sort_keys(query.sort)
     page = (
         _filtered(
-            select(
-                WorklistItem.id.label("item_id"),
-                PRIORITY_RANK.label("rank"),
-                WorklistItem.due_at.label("due_at"),
-            ).select_from(WorklistItem),
+            select(*[expr.label(label) for label, expr, _ in keys]).select_from(WorklistItem),
             user,
             query,
+            now=now,
         )
-        .order_by(PRIORITY_RANK, WorklistItem.due_at, WorklistItem.id)
+        .order_by(*[expr.desc() if desc else expr for _, expr, desc in keys])
         .limit(limit)
         .offset(offset)
         .subquery("page")
@@ -160,6 +238,11 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
             Study.received_at,
             WorklistItem.due_at,
             Study.num_instances,
+            WorklistItem.section,
+            _holder.full_name.label("claimed_by"),
+            WorklistItem.lease_expires_at,
+            WorklistItem.escalation_level,
+            WorklistItem.version,
             ECGAnalysisRecord.status.label("ecg_status"),
             ECGAnalysisRecord.heart_rate.label("ecg_heart_rate"),
             ECGAnalysisRecord.rhythm.label("ecg_rhythm"),
@@ -172,15 +255,45 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
         .join(Patient, Patient.id == Study.patient_pk)
         .join(_origin, _origin.id == Study.origin_id)
         .join(_pool, _pool.id == WorklistItem.pool_id)
+        .outerjoin(_holder, _holder.id == WorklistItem.claimed_by_id)
         # ECG studies carry their analysis summary (one row per study: study_pk is unique).
         .outerjoin(ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id)
-        .order_by(page.c.rank, page.c.due_at, page.c.item_id)
+        .order_by(*[page.c[label].desc() if desc else page.c[label] for label, _, desc in keys])
     ).all()
-    total = session.scalar(_filtered(select(func.count()).select_from(WorklistItem), user, query))
-    return WorklistPage(items=[_entry(row._mapping) for row in rows], total=total or 0)
+    total = session.scalar(
+        _filtered(select(func.count()).select_from(WorklistItem), user, query, now=now)
+    )
+    return WorklistPage(items=[_entry(row._mapping, now) for row in rows], total=total or 0)
 
 
-def _entry(row: Any) -> WorklistEntry:
+def count_worklist(session: Session, user: User, query: WorklistQuery) -> WorklistCounts:
+    """Items per status (every status, zero included) and overdue ones, in ``user``'s scope and
+    under ``query``'s filters other than status (so each tab of a worklist shows its count).
+    One grouped statement."""
+    now = utcnow()
+    late = overdue_condition(now)
+    rows = session.execute(
+        _filtered(
+            select(
+                WorklistItem.status,
+                func.count(),
+                func.coalesce(func.sum(case((late, 1), else_=0)), 0),
+            ).select_from(WorklistItem),
+            user,
+            query,
+            now=now,
+            with_status=False,
+        ).group_by(WorklistItem.status)
+    ).all()
+    by_status = dict.fromkeys(WorklistStatus, 0)
+    overdue = 0
+    for status, count, late_count in rows:
+        by_status[WorklistStatus(status)] = int(count)
+        overdue += int(late_count)
+    return WorklistCounts(by_status=by_status, overdue=overdue, total=sum(by_status.values()))
+
+
+def _entry(row: Any, now: datetime) -> WorklistEntry:
     ecg = None
     if row["ecg_status"] is not None:
         ecg = ECGSummary(
@@ -190,7 +303,8 @@ def _entry(row: Any) -> WorklistEntry:
             critical=bool(row["ecg_critical"]),
             technically_unsatisfactory=bool(row["ecg_unsatisfactory"]),
         )
-    return WorklistEntry.model_validate({**row, "ecg": ecg})
+    overdue = row["due_at"] < now and row["status"] != WorklistStatus.SIGNED
+    return WorklistEntry.model_validate({**row, "ecg": ecg, "overdue": overdue})
 
 
 def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | None:

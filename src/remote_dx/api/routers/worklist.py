@@ -1,44 +1,184 @@
-"""The reader's (and the township's) worklist."""
+"""The reader's (and the township's) worklist: listing, counts, and the reading lease."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from remote_dx.api.deps import CurrentUser, DbSession
+from remote_dx.api.deps import AppSettings, CurrentUser, DbSession
+from remote_dx.api.routers.studies import StudyUID
+from remote_dx.core.clock import SHANGHAI
 from remote_dx.core.models import Priority, WorklistStatus
-from remote_dx.worklist.schemas import WorklistPage
-from remote_dx.worklist.service import MAX_PAGE, WorklistQuery, list_worklist
+from remote_dx.worklist import lease
+from remote_dx.worklist.schemas import LeaseView, WorklistCounts, WorklistPage, iso_utc
+from remote_dx.worklist.service import (
+    MAX_PAGE,
+    SORTS,
+    WorklistQuery,
+    count_worklist,
+    list_worklist,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["worklist"])
 
-
-@router.get(
-    "/worklist",
-    summary="Worklist items visible to the current user, STAT first then by due time",
-    description=(
-        "Readers see their own institution's pool; technicians the studies their institution "
-        "sent; administrators everything. Repeat a filter to allow several values "
-        "(`?status=unread&status=claimed`)."
-    ),
+_FILTERS_DOC = (
+    "Readers see their own institution's pool; technicians the studies their institution "
+    "sent; administrators everything. Repeat a filter to allow several values "
+    "(`?status=unread&status=claimed`). `patient` matches the patient ID exactly or any part "
+    "of the name (中文 included). `received_from`/`received_to` take an ISO time (UTC when no "
+    "offset is given) or a date (a whole day in China time); the range includes `from` and "
+    "excludes `to`."
 )
-def get_worklist(
-    user: CurrentUser,
-    session: DbSession,
+
+
+def _instant(value: datetime | date | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    # A bare date is a day as people here live it: midnight in Beijing time.
+    return datetime.combine(value, time(0), tzinfo=SHANGHAI).astimezone(UTC)
+
+
+def worklist_query(
     status: Annotated[list[WorklistStatus] | None, Query()] = None,
     priority: Annotated[list[Priority] | None, Query()] = None,
     modality: Annotated[
         list[str] | None, Query(description="DICOM modality, e.g. DX, CR, ECG")
     ] = None,
+    origin: Annotated[
+        list[str] | None, Query(description="Code of the sending institution, e.g. XIPING")
+    ] = None,
+    section: Annotated[list[str] | None, Query(description="Subspecialty section")] = None,
+    patient: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="Patient ID or part of name")
+    ] = None,
+    received_from: Annotated[datetime | date | None, Query()] = None,
+    received_to: Annotated[datetime | date | None, Query()] = None,
+    overdue: Annotated[bool | None, Query(description="Only (not) overdue items")] = None,
+    sort: Annotated[
+        str, Query(pattern="^(" + "|".join(SORTS) + ")$", description=" | ".join(SORTS))
+    ] = "priority,due_at",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> WorklistPage:
-    query = WorklistQuery(
+) -> WorklistQuery:
+    return WorklistQuery(
         statuses=status or (),
         priorities=priority or (),
         modalities=modality or (),
+        origins=origin or (),
+        sections=section or (),
+        patient=patient,
+        received_from=_instant(received_from),
+        received_to=_instant(received_to),
+        overdue=overdue,
+        sort=sort,
         limit=limit,
         offset=offset,
     )
+
+
+Filters = Annotated[WorklistQuery, Depends(worklist_query)]
+
+
+@router.get(
+    "/worklist",
+    summary="Worklist items visible to the current user (default: STAT first, then by due time)",
+    description=_FILTERS_DOC,
+)
+def get_worklist(user: CurrentUser, session: DbSession, query: Filters) -> WorklistPage:
     return list_worklist(session, user, query)
+
+
+@router.get(
+    "/worklist/counts",
+    summary="Items per status and overdue items, in the user's scope",
+    description="The same filters as the worklist except `status` (and paging/sort, ignored).",
+)
+def get_worklist_counts(user: CurrentUser, session: DbSession, query: Filters) -> WorklistCounts:
+    return count_worklist(session, user, query)
+
+
+# --- the reading lease ----------------------------------------------------------------------
+
+_LEASE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Not a qualified reader of the pool (or not the holder / a supervisor)"},
+    404: {"description": "No such worklist item, or not visible to this user"},
+    409: {"description": "Held by another reader (`claimed_by`, `lease_expires_at`), or signed"},
+}
+
+
+class ReassignRequest(BaseModel):
+    user: str = Field(min_length=1, max_length=64, description="Username of the new reader")
+
+
+def _answer(call: Any) -> LeaseView | JSONResponse:
+    try:
+        return call()
+    except lease.LeaseError as exc:
+        body: dict[str, Any] = {"detail": exc.message}
+        for key, value in exc.extra.items():
+            body[key] = value.model_dump() if isinstance(value, BaseModel) else value
+        if isinstance(body.get("lease_expires_at"), datetime):
+            body["lease_expires_at"] = iso_utc(body["lease_expires_at"])
+        return JSONResponse(body, status_code=exc.status_code)
+
+
+def _minutes(settings: Any) -> timedelta:
+    return timedelta(minutes=settings.lease_minutes)
+
+
+@router.post(
+    "/worklist/{study_uid}/claim",
+    summary="Claim a study for reading (a lease of RDX_LEASE_MINUTES; claiming again renews)",
+    responses=_LEASE_RESPONSES,
+    response_model=LeaseView,
+)
+def post_claim(
+    study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
+) -> Any:
+    return _answer(lambda: lease.claim(session, user, study_uid, lease=_minutes(settings)))
+
+
+@router.post(
+    "/worklist/{study_uid}/renew",
+    summary="Extend the lease you hold (draft autosave calls this)",
+    responses=_LEASE_RESPONSES,
+    response_model=LeaseView,
+)
+def post_renew(
+    study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
+) -> Any:
+    return _answer(lambda: lease.renew(session, user, study_uid, lease=_minutes(settings)))
+
+
+@router.post(
+    "/worklist/{study_uid}/release",
+    summary="Give the study back (the holder, or a supervisor of the pool)",
+    responses=_LEASE_RESPONSES,
+    response_model=LeaseView,
+)
+def post_release(study_uid: StudyUID, user: CurrentUser, session: DbSession) -> Any:
+    return _answer(lambda: lease.release(session, user, study_uid))
+
+
+@router.post(
+    "/worklist/{study_uid}/reassign",
+    summary="Hand the study to a named qualified reader (a supervisor of the pool)",
+    responses=_LEASE_RESPONSES,
+    response_model=LeaseView,
+)
+def post_reassign(
+    study_uid: StudyUID,
+    body: ReassignRequest,
+    user: CurrentUser,
+    session: DbSession,
+    settings: AppSettings,
+) -> Any:
+    return _answer(
+        lambda: lease.reassign(session, user, study_uid, body.user, lease=_minutes(settings))
+    )
