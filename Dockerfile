@@ -9,6 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# A CJK font, so ECG printouts and report PDFs show Chinese names instead of "?".
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-wqy-microhei fontconfig \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies are all wheels (pydicom, pylibjpeg codecs, psycopg[binary], …): no compiler.
 COPY pyproject.toml README.md ./
 COPY src ./src
