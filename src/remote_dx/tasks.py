@@ -262,6 +262,8 @@ class SweepResult:
     queued: list[str] = field(default_factory=list)
     reissued: list[str] = field(default_factory=list)
     enqueued: int = 0
+    leases_expired: list[str] = field(default_factory=list)
+    renotified: list[int] = field(default_factory=list)
 
 
 class Sweeper:
@@ -291,6 +293,18 @@ class Sweeper:
         )
         for uid in [*result.queued, *result.reissued]:
             result.enqueued += bool(self.enqueue(uid))
+        try:
+            # Reading (issue 4): lapsed leases free their items; unacknowledged critical alerts
+            # are notified again. A failure must not stop the sweep.
+            from remote_dx.worklist.alerts import renotify_unacknowledged
+            from remote_dx.worklist.lease import expire_leases
+
+            result.leases_expired = expire_leases(sessions, now)
+            result.renotified = renotify_unacknowledged(
+                sessions, now, every_minutes=settings.alert_renotify_minutes
+            )
+        except Exception:
+            log.exception("lease/alert sweep failed; retried on the next sweep")
         return result
 
     def _loop(self) -> None:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from remote_dx.api.routers import auth, ecg, health, studies, worklist
+from remote_dx.api.routers import alerts, auth, ecg, events, health, studies, worklist
 from remote_dx.api.security import load_jwt_secret
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
@@ -41,6 +41,7 @@ OPENAPI_TAGS = [
     {"name": "worklist", "description": "Studies waiting to be read, scoped to the user"},
     {"name": "studies", "description": "A study's patient, series, instances and routing"},
     {"name": "ecg", "description": "ECG upload, preliminary analysis, printout and leads"},
+    {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -107,7 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(events.router)  # before worklist: /worklist/events is a fixed path
     app.include_router(worklist.router)
+    app.include_router(alerts.router)
     app.include_router(studies.router)
     app.include_router(ecg.router)
     return app

@@ -358,6 +358,7 @@ class CriticalAlert(Base):
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     # The named clinician who took the value (危急值 must reach a named person).
     acknowledged_by_name: Mapped[str | None] = mapped_column(String(100))
+    acknowledgement_note: Mapped[str | None] = mapped_column(Text)  # migration 0004
     notify_count: Mapped[int] = mapped_column(Integer, default=0)
     last_notified_at: Mapped[datetime | None]
 

@@ -8,7 +8,7 @@ fraction when it is zero, which breaks that).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -168,3 +168,33 @@ class StudyDetail(BaseModel):
     series: list[SeriesView]
     worklist_item: RoutingView | None
     ecg: ECGSummary | None = Field(None, description="ECG studies: the analysis in brief")
+
+
+class AlertView(BaseModel):
+    """A critical result (危急值) alert and every step of it, timestamped."""
+
+    id: int
+    study_uid: str
+    patient_id: str
+    patient_name: str | None
+    origin: str = Field(description="Name of the institution the study came from")
+    origin_code: str
+    pool: str = Field(description="Name of the pool the alert was raised for")
+    source: str = Field(description="ecg-analysis (machine) or reader")
+    reasons: list[dict[str, Any]] = Field(description='[{"code", "zh", "en"}]')
+    raised_at: Timestamp
+    acknowledged: bool
+    acknowledged_at: Timestamp | None
+    acknowledged_by: str | None = Field(description="Username of the user who recorded it")
+    acknowledged_by_name: str | None = Field(description="The named person who took the value")
+    acknowledgement_note: str | None
+    notify_count: int = Field(description="Re-notifications so far (0: only the first one)")
+    last_notified_at: Timestamp | None
+    age_seconds: float = Field(
+        description="Unacknowledged: time since raised; acknowledged: time it took to acknowledge"
+    )
+
+
+class AlertPage(BaseModel):
+    items: list[AlertView]
+    total: int

@@ -116,7 +116,9 @@ class ReassignRequest(BaseModel):
     user: str = Field(min_length=1, max_length=64, description="Username of the new reader")
 
 
-def _answer(call: Any) -> LeaseView | JSONResponse:
+def lease_answer(call: Any) -> Any:
+    """``call()``, or the JSON error a :class:`lease.LeaseError` stands for (with its extra
+    fields, e.g. who holds the item)."""
     try:
         return call()
     except lease.LeaseError as exc:
@@ -141,7 +143,7 @@ def _minutes(settings: Any) -> timedelta:
 def post_claim(
     study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
 ) -> Any:
-    return _answer(lambda: lease.claim(session, user, study_uid, lease=_minutes(settings)))
+    return lease_answer(lambda: lease.claim(session, user, study_uid, lease=_minutes(settings)))
 
 
 @router.post(
@@ -153,7 +155,7 @@ def post_claim(
 def post_renew(
     study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
 ) -> Any:
-    return _answer(lambda: lease.renew(session, user, study_uid, lease=_minutes(settings)))
+    return lease_answer(lambda: lease.renew(session, user, study_uid, lease=_minutes(settings)))
 
 
 @router.post(
@@ -163,7 +165,7 @@ def post_renew(
     response_model=LeaseView,
 )
 def post_release(study_uid: StudyUID, user: CurrentUser, session: DbSession) -> Any:
-    return _answer(lambda: lease.release(session, user, study_uid))
+    return lease_answer(lambda: lease.release(session, user, study_uid))
 
 
 @router.post(
@@ -179,6 +181,6 @@ def post_reassign(
     session: DbSession,
     settings: AppSettings,
 ) -> Any:
-    return _answer(
+    return lease_answer(
         lambda: lease.reassign(session, user, study_uid, body.user, lease=_minutes(settings))
     )

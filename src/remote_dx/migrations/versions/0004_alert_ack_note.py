@@ -1,0 +1,27 @@
+"""Critical alerts: the note taken with the acknowledgement (who was told what, what was done)
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-23 19:20:00
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("critical_alerts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("acknowledgement_note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("critical_alerts", schema=None) as batch_op:
+        batch_op.drop_column("acknowledgement_note")
