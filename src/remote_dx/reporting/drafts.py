@@ -1,0 +1,65 @@
+"""Draft autosave: the reader's unsigned text, kept on the report row until it is signed.
+
+Only the holder of the study's lease saves a draft (a reader whose lease lapsed but whom nobody
+replaced still holds it, as for renewal). Saving renews nothing: the browser renews the lease
+through the worklist's own endpoint. The worklist item becomes DRAFTED.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from remote_dx.core.clock import utcnow
+from remote_dx.core.models import Report, ReportStatus, User
+from remote_dx.reporting import access
+from remote_dx.reporting.errors import ReportConflict
+from remote_dx.reporting.schemas import ReportContent
+from remote_dx.reporting.signing import resolve_template
+from remote_dx.reporting.templates import study_template
+from remote_dx.worklist import lease
+
+
+def save_draft(
+    session: Session,
+    user: User,
+    study_uid: str,
+    *,
+    content: ReportContent,
+    template: str | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """Store ``content`` as the study's draft. Does not commit.
+
+    Raises ReportNotFound (404), NotPermitted (403: not a qualified reader of the pool),
+    ReportConflict (409: not the lease holder, or already signed), InvalidReport (422: template).
+    """
+    now = now or utcnow()
+    ctx = access.load(session, user, study_uid, lock=True)
+    access.require_signer(user, ctx)
+    report = ctx.report
+    if report is not None and ReportStatus(report.status) is not ReportStatus.DRAFT:
+        raise ReportConflict(
+            f"the report is already signed ({ReportStatus(report.status).value}); "
+            "a signed report changes only by amendment"
+        )
+    access.require_lease(user, ctx.item, now)
+    fallback = report.template if report is not None else study_template(ctx.study, ctx.modality)
+    chosen = resolve_template(template, fallback)
+    if report is None:
+        assert ctx.item is not None  # require_lease saw it
+        report = Report(
+            study_pk=ctx.study.id,
+            pool_id=ctx.item.pool_id,
+            template=chosen.code,
+            status=ReportStatus.DRAFT,
+        )
+        session.add(report)
+    report.template = chosen.code
+    report.draft = content.stored()
+    report.draft_saved_at = now
+    report.author_id = user.id
+    session.flush()
+    lease.mark_drafted(session, ctx.study.id, by_user_id=user.id)
+    return report
