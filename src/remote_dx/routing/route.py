@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -205,14 +205,15 @@ def decide(
     rules: RuleSet | None = None,
     facts: StudyFacts | None = None,
     session: Session | None = None,
+    resolve: Callable[[str], Institution | None] | None = None,
 ) -> RoutingDecision:
     """Apply ``rules`` (default: the packaged default) to a study; the first match wins.
 
     ``priority_source`` names where a given priority came from in the recorded rule ("header",
     or "ecg-critical" when the preliminary ECG analysis found a critical value). ``facts`` adds
     what rules may match on beyond origin, modalities and priority (body part, description,
-    age); ``session`` resolves pools named by institution code. When no rule matches, the
-    origin's lead hospital reads it (rule ``default``).
+    age); ``resolve`` (default: a query in ``session``) finds pools named by institution code.
+    When no rule matches, the origin's lead hospital reads it (rule ``default``).
     """
     rules = rules or DEFAULT_RULES
     mods = tuple(m for m in modalities if m)
@@ -230,13 +231,13 @@ def decide(
         patient_age=facts.patient_age,
     )
 
-    def resolve(code: str) -> Institution | None:
+    def by_code(code: str) -> Institution | None:
         if session is None:
             return None
         return session.scalar(select(Institution).where(Institution.code == code))
 
     chosen = rules.choose(
-        facts, resolve=resolve, received_at=received_at, priority_source=priority_source
+        facts, resolve=resolve or by_code, received_at=received_at, priority_source=priority_source
     )
     kind = study_kind(mods)
     if chosen is None:
