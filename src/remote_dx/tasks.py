@@ -62,6 +62,7 @@ from remote_dx.ingest.study import (
     start_run,
     sweep_ready_studies,
 )
+from remote_dx.routing.escalation import escalate_overdue
 from remote_dx.storage.factory import get_store, reset_stores
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,12 @@ class SweepResult:
     enqueued: int = 0
     leases_expired: list[str] = field(default_factory=list)
     renotified: list[int] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)
 
 
 class Sweeper:
-    """Every ``sweep_interval`` s: queue ready studies, re-issue stale ones, enqueue them all.
+    """Every ``sweep_interval`` s: queue ready studies, re-issue stale ones, enqueue them all,
+    and escalate overdue worklist items one level up.
 
     Several sweepers (in several workers, on several hosts) may run at once: each study is
     claimed by one of them through a compare-and-set in the database.
@@ -305,6 +308,11 @@ class Sweeper:
             )
         except Exception:
             log.exception("lease/alert sweep failed; retried on the next sweep")
+        try:
+            # Overdue studies move one level up (issue 4); a failure must not stop the sweep.
+            result.escalated = escalate_overdue(sessions, now)
+        except Exception:
+            log.exception("overdue escalation failed; retried on the next sweep")
         return result
 
     def _loop(self) -> None:

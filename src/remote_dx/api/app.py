@@ -17,7 +17,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from remote_dx.api.routers import alerts, auth, ecg, events, health, studies, worklist
+from remote_dx.api.routers import (
+    alerts,
+    auth,
+    consultations,
+    ecg,
+    events,
+    health,
+    routing,
+    studies,
+    worklist,
+)
 from remote_dx.api.security import load_jwt_secret
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
@@ -42,6 +52,8 @@ OPENAPI_TAGS = [
     {"name": "studies", "description": "A study's patient, series, instances and routing"},
     {"name": "ecg", "description": "ECG upload, preliminary analysis, printout and leads"},
     {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
+    {"name": "routing", "description": "Routing rules (administrators) and routing history"},
+    {"name": "consultations", "description": "会诊: ask a higher-level pool, both opinions kept"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -113,4 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(studies.router)
     app.include_router(ecg.router)
+    app.include_router(routing.router)
+    app.include_router(consultations.router)
     return app
