@@ -20,6 +20,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
+from remote_dx.core import clock
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import get_engine, get_sessionmaker, session_scope
 from remote_dx.core.migrate import upgrade
@@ -462,3 +463,132 @@ def test_database_down_is_503_with_a_message(settings: Settings) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["failing"] == ["database"]
+
+
+# --- issue 4: more filters, sorts, counts ---------------------------------------------------------
+
+
+def test_filters_by_patient_origin_received_range_and_section(
+    client: TestClient, settings: Settings, cases: dict[str, Case]
+) -> None:
+    county = [c for c in routed(cases) if c.pool == COUNTY]
+
+    def uids(username: str = "county_reader", **params) -> list[str]:
+        return [i["study_uid"] for i in worklist(client, username, **params)["items"]]
+
+    # Part of a Chinese name (decoded from GB18030 / UTF-8), the whole name, or the exact ID.
+    assert uids(patient="小东") == [cases["xp-chest"].study_uid]
+    assert uids(patient="李^娜") == [cases["dh-stat"].study_uid]
+    assert uids(patient="P0002") == [cases["xp-ecg"].study_uid]
+    assert uids(patient="P000") == []  # IDs match exactly, not by prefix
+    assert uids(patient="%") == []  # LIKE wildcards are literal
+    assert uids("admin", patient="陈") == [cases["xp-ecg-stat"].study_uid]
+    assert uids("province_reader", patient="小东") == []  # still scoped
+
+    assert uids(origin="DINGHE") == expected_order([c for c in county if c.origin == DINGHE])
+    assert uids(origin=["xiping", "DINGHE"]) == expected_order(county)
+    assert uids(origin="NOWHERE") == []
+
+    ordered = sorted(county, key=lambda c: c.received_at)
+    middle = ordered[len(ordered) // 2].received_at
+    assert uids(received_from=middle.isoformat()) == expected_order(
+        [c for c in county if c.received_at >= middle]
+    )
+    assert uids(received_to=middle.isoformat()) == expected_order(
+        [c for c in county if c.received_at < middle]
+    )
+    today = clock.to_shanghai(clock.utcnow()).date()
+    assert uids(received_from=today.isoformat()) == expected_order(county)
+    assert uids(received_to=today.isoformat()) == []
+    bad = client.get(
+        "/api/v1/worklist", headers=auth(client, "county_reader"), params={"received_from": "x"}
+    )
+    assert bad.status_code == 422 and "received_from" in bad.json()["detail"]
+
+    with get_sessionmaker(settings)() as session, session.begin():
+        item = session.scalar(
+            select(WorklistItem).join(Study).where(Study.study_uid == cases["dh-stat"].study_uid)
+        )
+        item.section = "chest"
+    assert uids(section="chest") == [cases["dh-stat"].study_uid]
+    listed = {i["study_uid"]: i for i in worklist(client, "county_reader")["items"]}
+    assert listed[cases["dh-stat"].study_uid]["section"] == "chest"
+    assert listed[cases["xp-chest"].study_uid]["section"] is None
+
+
+def test_sorts(client: TestClient, cases: dict[str, Case]) -> None:
+    county = [c for c in routed(cases) if c.pool == COUNTY]
+
+    def uids(sort: str) -> list[str]:
+        return [i["study_uid"] for i in worklist(client, "county_reader", sort=sort)["items"]]
+
+    assert uids("priority,due_at") == expected_order(county)
+    assert uids("due_at") == [c.study_uid for c in sorted(county, key=lambda c: c.due_at)]
+    by_received = [c.study_uid for c in sorted(county, key=lambda c: c.received_at)]
+    assert uids("received_at") == by_received
+    assert uids("-received_at") == by_received[::-1]
+    bad = client.get(
+        "/api/v1/worklist", headers=auth(client, "county_reader"), params={"sort": "name"}
+    )
+    assert bad.status_code == 422 and "sort" in bad.json()["detail"]
+
+
+def test_counts_overdue_flag_and_lease_fields(
+    client: TestClient, settings: Settings, cases: dict[str, Case]
+) -> None:
+    county = [c for c in routed(cases) if c.pool == COUNTY]
+    for username in ("tech_xiping", "stats"):  # log in before the clock moves (pyjwt's iat)
+        auth(client, username)
+    response = client.get("/api/v1/worklist/counts", headers=auth(client, "county_reader"))
+    assert response.status_code == 200, response.text
+    counts = response.json()
+    expected = {s.value: sum(c.status is s for c in county) for s in WorklistStatus}
+    assert counts == {"by_status": expected, "overdue": 0, "total": len(county)}
+
+    # Once the STAT item's 30 minutes are over it is overdue, in the counts and on the list.
+    clock.advance(timedelta(minutes=31))
+    late = client.get(
+        "/api/v1/worklist/counts", headers=auth(client, "county_reader"), params={"modality": "DX"}
+    ).json()
+    assert late["overdue"] == 1
+    assert late["total"] == sum(c.modality == "DX" for c in county)
+    items = {i["study_uid"]: i for i in worklist(client, "county_reader")["items"]}
+    assert items[cases["dh-stat"].study_uid]["overdue"] is True
+    assert items[cases["xp-chest"].study_uid]["overdue"] is False
+    assert [i["study_uid"] for i in worklist(client, "county_reader", overdue="true")["items"]] == [
+        cases["dh-stat"].study_uid
+    ]
+    item = items[cases["xp-chest"].study_uid]
+    assert (item["claimed_by"], item["lease_expires_at"], item["escalation_level"]) == (
+        None,
+        None,
+        0,
+    )
+    assert item["version"] == 0
+    township = client.get("/api/v1/worklist/counts", headers=auth(client, "tech_xiping")).json()
+    assert township["total"] == sum(c.origin == XIPING for c in routed(cases))
+    assert client.get("/api/v1/worklist/counts", headers=auth(client, "stats")).json()["total"] == 0
+
+
+def test_counts_and_filtered_lists_stay_at_three_queries(
+    client: TestClient, settings: Settings, cases: dict[str, Case]
+) -> None:
+    headers = auth(client, "county_reader")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = get_engine(settings)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        statements.clear()
+        params = {"patient": "王", "origin": "XIPING", "sort": "-received_at", "limit": 500}
+        assert client.get("/api/v1/worklist", headers=headers, params=params).status_code == 200
+        listed = len(statements)
+        statements.clear()
+        assert client.get("/api/v1/worklist/counts", headers=headers).status_code == 200
+        counted = len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert (listed, counted) == (3, 2)  # user + rows + count; user + one grouped count

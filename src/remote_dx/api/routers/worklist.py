@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -35,13 +35,22 @@ _FILTERS_DOC = (
 )
 
 
-def _instant(value: datetime | date | None) -> datetime | None:
-    if value is None:
+def _instant(name: str, text: str | None) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no offset) or a bare date (midnight China time)."""
+    if text is None:
         return None
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    # A bare date is a day as people here live it: midnight in Beijing time.
-    return datetime.combine(value, time(0), tzinfo=SHANGHAI).astimezone(UTC)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            # A bare date is a day as people here live it: midnight in Beijing time.
+            return datetime.combine(day, time(0), tzinfo=SHANGHAI).astimezone(UTC)
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(
+            422,
+            detail=f"query parameter '{name}': not an ISO 8601 date or time: {text!r}",
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def worklist_query(
@@ -57,8 +66,10 @@ def worklist_query(
     patient: Annotated[
         str | None, Query(min_length=1, max_length=64, description="Patient ID or part of name")
     ] = None,
-    received_from: Annotated[datetime | date | None, Query()] = None,
-    received_to: Annotated[datetime | date | None, Query()] = None,
+    received_from: Annotated[
+        str | None, Query(max_length=40, description="2025-01-31 or 2025-01-31T08:00:00Z")
+    ] = None,
+    received_to: Annotated[str | None, Query(max_length=40)] = None,
     overdue: Annotated[bool | None, Query(description="Only (not) overdue items")] = None,
     sort: Annotated[
         str, Query(pattern="^(" + "|".join(SORTS) + ")$", description=" | ".join(SORTS))
@@ -73,8 +84,8 @@ def worklist_query(
         origins=origin or (),
         sections=section or (),
         patient=patient,
-        received_from=_instant(received_from),
-        received_to=_instant(received_to),
+        received_from=_instant("received_from", received_from),
+        received_to=_instant("received_to", received_to),
         overdue=overdue,
         sort=sort,
         limit=limit,
