@@ -220,11 +220,16 @@ def content(impression: str = CHEST_IMPRESSION, findings: str = "双肺纹理清
     return {"findings": findings, "impression": impression, **extra}
 
 
-@pytest.fixture
-def hub(settings: Settings, db: sessionmaker[Session]) -> Iterator[Hub]:
+def open_hub(settings: Settings, db: sessionmaker[Session]) -> Iterator[Hub]:
+    """The app on the migrated demo network plus the readers of ``EXTRA_USERS``."""
     add_users(db)
     with TestClient(create_app(settings)) as client:
         yield Hub(settings, db, client)
+
+
+@pytest.fixture
+def hub(settings: Settings, db: sessionmaker[Session]) -> Iterator[Hub]:
+    yield from open_hub(settings, db)
 
 
 # --- templates ---------------------------------------------------------------------------------
