@@ -24,8 +24,11 @@ from remote_dx.api.routers import (
     ecg,
     events,
     health,
+    recognition,
+    reports,
     routing,
     studies,
+    verify,
     worklist,
 )
 from remote_dx.api.security import load_jwt_secret
@@ -54,6 +57,9 @@ OPENAPI_TAGS = [
     {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
     {"name": "routing", "description": "Routing rules (administrators) and routing history"},
     {"name": "consultations", "description": "会诊: ask a higher-level pool, both opinions kept"},
+    {"name": "reports", "description": "Report templates, drafts, sign, confirm, amend"},
+    {"name": "recognition", "description": "结果互认: a patient's recognisable signed results"},
+    {"name": "verify", "description": "Check a printed report by its code (no login)"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -127,4 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ecg.router)
     app.include_router(routing.router)
     app.include_router(consultations.router)
+    app.include_router(reports.router)
+    app.include_router(recognition.router)
+    app.include_router(verify.router)
     return app
