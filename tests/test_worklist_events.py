@@ -10,17 +10,25 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
+from remote_dx.api.routers.events import WorklistWatch
+from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
+from remote_dx.core.models import Institution, Study, User, WorklistItem
+from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings
-from tests.support import free_port, wait_until
-from tests.test_api_worklist import Case, populate
+from remote_dx.worklist import lease
+from tests.support import DEMO_NETWORK, free_port, wait_until
+from tests.test_api_worklist import PROVINCE, Case, populate
 
 EVENT_TIMEOUT = 8.0  # polls run every second; a few seconds of slack for a loaded machine
 
@@ -184,3 +192,53 @@ def test_the_stream_needs_a_valid_token(server: str) -> None:
     assert httpx.get(f"{server}/api/v1/worklist/events").status_code == 401
     bad = httpx.get(f"{server}/api/v1/worklist/events", params={"access_token": "x.y.z"})
     assert bad.status_code == 401
+
+
+def watch_changes(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """The change detection behind the stream, on one database: a claim, a move to another pool
+    (the county sees it leave), a signature (it leaves the open set, its last state is told)."""
+    cases = populate(settings, sessions)
+    with sessions() as session:
+        users = {u.username: u for u in session.scalars(select(User))}
+    county = WorklistWatch(sessions, users["county_reader"])
+    province = WorklistWatch(sessions, users["province_reader"])
+    county.start()
+    province.start()
+    assert county.poll() == ([], []) and province.poll() == ([], [])
+
+    uid = cases["xp-chest"].study_uid
+    with sessions() as session:
+        view = lease.claim(session, users["county_reader"], uid, lease=timedelta(minutes=15))
+    [change], _ = county.poll()
+    assert (change.study_uid, change.status, change.version) == (uid, "claimed", view.version)
+    assert change.claimed_by == "县医院诊断医师"
+    assert province.poll() == ([], [])
+
+    with sessions() as session, session.begin():
+        item = session.scalar(select(WorklistItem).join(Study).where(Study.study_uid == uid))
+        item.pool_id = session.scalar(select(Institution.id).where(Institution.code == PROVINCE))
+        item.version += 1
+    [gone], _ = county.poll()
+    assert (gone.study_uid, gone.removed, gone.status) == (uid, True, None)
+    [arrived], _ = province.poll()
+    assert (arrived.study_uid, arrived.pool, arrived.removed) == (uid, "河南省人民医院", False)
+
+    with sessions() as session, session.begin():
+        study_pk = session.scalar(select(Study.id).where(Study.study_uid == uid))
+        lease.mark_signed(session, study_pk, by_user_id=users["province_reader"].id, final=True)
+    [signed], _ = province.poll()
+    assert (signed.study_uid, signed.status) == (uid, "signed")
+    assert province.poll() == ([], [])
+
+
+def test_change_detection_on_sqlite(settings: Settings, db: sessionmaker[Session]) -> None:
+    watch_changes(settings, db)
+
+
+@pytest.mark.postgres
+def test_change_detection_on_postgresql(settings: Settings, postgres_database: str) -> None:
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    watch_changes(pg, get_sessionmaker(pg))
