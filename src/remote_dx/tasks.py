@@ -232,6 +232,36 @@ def process_study(self: Any, study_uid: str) -> dict[str, Any]:
     return {"study_uid": study_uid, "result": outcome.result, "revision": outcome.revision}
 
 
+@app.task(
+    bind=True,
+    name="remote_dx.deliver_report",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=None,  # the delivery row counts attempts (settings.delivery_max_attempts)
+)
+def deliver_report(self: Any, delivery_id: int) -> dict[str, Any]:
+    """Send one signed report back to its township (a ``Delivery`` row). Idempotent.
+
+    A refused or failed C-STORE is retried with a doubling delay
+    (``delivery_retry_seconds`` … ``delivery_retry_max_seconds``) until the row has used
+    ``delivery_max_attempts``; then it is marked failed.
+    """
+    from remote_dx.reporting.export import delivery
+
+    settings = current_settings()
+    outcome = delivery.attempt_delivery(settings, delivery_id)
+    if outcome.retry:
+        raise self.retry(
+            countdown=delivery.backoff_seconds(settings, outcome.attempts),
+            max_retries=settings.delivery_max_attempts,
+        )
+    return outcome.as_dict()
+
+
 def _record_quietly(sessions: Any, study_uid: str, status: str, error: str) -> None:
     try:
         finish_run(sessions, study_uid, status=status, error=error)
@@ -313,6 +343,11 @@ class Sweeper:
             result.escalated = escalate_overdue(sessions, now)
         except Exception:
             log.exception("overdue escalation failed; retried on the next sweep")
+        # Signed reports whose delivery message was lost (issue 4, results that travel).
+        from remote_dx.reporting.export.delivery import enqueue_delivery, reconcile_deliveries
+
+        for delivery_id in reconcile_deliveries(sessions, settings, now):
+            enqueue_delivery(delivery_id)
         return result
 
     def _loop(self) -> None:

@@ -25,6 +25,7 @@ from remote_dx.api.routers import (
     events,
     health,
     recognition,
+    report_exports,
     reports,
     routing,
     studies,
@@ -54,9 +55,10 @@ OPENAPI_TAGS = [
     {"name": "worklist", "description": "Studies waiting to be read, scoped to the user"},
     {"name": "studies", "description": "A study's patient, series, instances and routing"},
     {"name": "ecg", "description": "ECG upload, preliminary analysis, printout and leads"},
-    {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
+    {"name": "results", "description": "Signed results for the township: PDF, FHIR, deliveries"},
     {"name": "routing", "description": "Routing rules (administrators) and routing history"},
     {"name": "consultations", "description": "会诊: ask a higher-level pool, both opinions kept"},
+    {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
     {"name": "reports", "description": "Report templates, drafts, sign, confirm, amend"},
     {"name": "recognition", "description": "结果互认: a patient's recognisable signed results"},
     {"name": "verify", "description": "Check a printed report by its code (no login)"},
@@ -133,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ecg.router)
     app.include_router(routing.router)
     app.include_router(consultations.router)
+    app.include_router(report_exports.router)
     app.include_router(reports.router)
     app.include_router(recognition.router)
     app.include_router(verify.router)

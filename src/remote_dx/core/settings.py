@@ -77,6 +77,17 @@ class Settings(BaseSettings):
         5.0, description="An unacknowledged critical alert is notified again after this long."
     )
 
+    # Results that travel (issue 4): the address printed (as a QR code) on report PDFs, and how
+    # the C-STORE of signed reports back to a township is retried.
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Public address of the hub, for /verify links."
+    )
+    delivery_retry_seconds: float = Field(
+        30.0, description="First delay before re-sending a report; doubles per attempt."
+    )
+    delivery_retry_max_seconds: float = 3600.0
+    delivery_max_attempts: int = 12
+
     demo: bool = False
     routing_file: Path | None = None
     log_level: str = "INFO"

@@ -22,11 +22,12 @@ in the same series.
 from __future__ import annotations
 
 import io
+import uuid
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from remote_dx.reporting.export.codes import (
     FINDING,
@@ -46,9 +47,14 @@ MANUFACTURER = "remote_dx"
 UTF8 = "ISO_IR 192"
 
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:remote-dx:report-objects")
+
+
 def _uid(*parts: object) -> UID:
-    # generate_uid with entropy sources: a stable 2.25 UID from the parts (PS3.5 B.2).
-    return generate_uid(prefix=None, entropy_srcs=["remote_dx", *(str(p) for p in parts)])
+    """A stable UID for ``parts``: "2.25." and a name-based (SHA-1, version 5) UUID as an
+    integer (PS3.5 B.2). The same report, version and kind always get the same UID."""
+    name = "/".join(str(p) for p in parts)
+    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}")
 
 
 def instance_uid(view: SignedReportView, kind: str, version: int | None = None) -> UID:

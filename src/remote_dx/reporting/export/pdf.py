@@ -46,6 +46,7 @@ TITLE = "远程诊断报告"
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")  # shown in local time, stored in UTC
 FONT_NAME = "RDX-CJK"
 STATUS_ZH = {"preliminary": "初步报告（待审核）", "final": "正式报告", "amended": "更正报告"}
+SIGNER_ROLE_ZH = {"author": "报告医师", "confirmer": "审核医师", "amender": "更正医师"}
 SEX_ZH = {"M": "男", "F": "女", "O": "其他"}
 
 
@@ -139,7 +140,9 @@ def render_report_pdf(
     ]
     patient, study = view.patient, view.study
     exam = " ".join(
-        x for x in (study.modality or "", study.body_part or "", study.description or "") if x
+        dict.fromkeys(  # without repeats: an ECG's description is often just "ECG"
+            x for x in (study.modality, study.body_part, study.description) if x
+        )
     )
     cells = [
         (
@@ -196,13 +199,15 @@ def render_report_pdf(
         _para("诊断意见", st["heading"]),
         _para(view.impression or "（无）", st["base"]),
     ]
+    if view.content.get("withdrawn"):
+        story.append(_para("本报告已撤回，结果不再有效", st["heading"]))
     if view.amendment_reason:
         story += [_para("更正原因", st["heading"]), _para(view.amendment_reason, st["base"])]
     if view.critical:
         story.append(_para("★ 危急值：已按危急值流程通知送检单位", st["heading"]))
 
     signer_lines = [
-        f"{'审核医师' if s.role == 'confirmer' else '报告医师'}：{s.name}"
+        f"{SIGNER_ROLE_ZH.get(s.role, '报告医师')}：{s.name}"
         + (f"（{s.title}）" if s.title else "")
         + (f"　{s.institution}" if s.institution else "")
         + (f"　{local_time(s.signed_at)}" if s.signed_at else "")

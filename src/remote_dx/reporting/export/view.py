@@ -1,15 +1,12 @@
 """What every export of a signed report shows: one read of the database, no formatting.
 
-:func:`load_view` builds a :class:`SignedReportView` for a study's current signed version. The
-reporting service (``remote_dx.reporting.service.signed_report_view``) is used when it exists, so
-the signature check is the one that service does; otherwise the view is read here from the rows
-(``reports``, ``report_versions``, study, patient, institutions, users) with the signature left
-unchecked (``signature_valid`` None).
+:func:`load_view` takes the reporting service's ``signed_report_view`` (signers, the signature
+check) and adds what the exports need besides (the number of images, for the exam code), in the
+shape the PDF, DICOM and FHIR writers use.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,19 +14,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from remote_dx.core.models import (
-    Instance,
-    Institution,
-    Patient,
-    Report,
-    ReportStatus,
-    ReportVersion,
-    Series,
-    Study,
-    User,
-)
-
-SIGNED_STATUSES = (ReportStatus.PRELIMINARY, ReportStatus.FINAL, ReportStatus.AMENDED)
+from remote_dx.core.models import Instance, Series, Study
+from remote_dx.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -58,7 +44,7 @@ class Signer:
     name: str
     title: str | None = None  # 主治医师 …
     institution: str | None = None
-    role: str = "author"  # author | confirmer (second signature)
+    role: str = "author"  # author | confirmer (second signature) | amender
     signed_at: datetime | None = None
     username: str | None = None
 
@@ -84,8 +70,6 @@ class SignedReportView:
     signature_valid: bool | None = None
     amendment_reason: str | None = None
     critical: bool = False
-    origin_id: int | None = None
-    pool_id: int | None = None
 
     @property
     def is_ecg(self) -> bool:
@@ -105,7 +89,7 @@ class SignedReportView:
         out = []
         for item in raw:
             if isinstance(item, dict):
-                item = item.get("text") or item.get("label") or item.get("code")
+                item = item.get("zh") or item.get("text") or item.get("en") or item.get("code")
             if item:
                 out.append(str(item))
         return out
@@ -127,11 +111,8 @@ class SignedReportView:
 
     @property
     def final_signer(self) -> Signer | None:
-        """Who answers for the result: the confirmer of a second signature, else the author."""
-        for signer in self.signers:
-            if signer.role == "confirmer":
-                return signer
-        return self.signers[0] if self.signers else None
+        """Who answers for the result (the confirmer or amender when there is one)."""
+        return self.signers[-1] if self.signers else None
 
 
 def _text(value: Any) -> str:
@@ -146,111 +127,76 @@ class NoSignedReport(LookupError):
     """The study has no signed report (yet)."""
 
 
-def _service_view(session: Session, study_uid: str) -> Any | None:
+def load_view(
+    session: Session,
+    study_uid: str,
+    *,
+    version: int | None = None,
+    settings: Settings | None = None,
+) -> SignedReportView:
+    """The study's current (or ``version``) signed report, as the reporting service reads it
+    (signers, signature check); :class:`NoSignedReport` if there is none."""
+    from remote_dx.reporting import service
+    from remote_dx.reporting.errors import ReportNotFound
+
     try:
-        service = importlib.import_module("remote_dx.reporting.service")
-    except ImportError:
-        return None
-    func_ = getattr(service, "signed_report_view", None)
-    if func_ is None:
-        return None
-    return func_(session, study_uid)
-
-
-def load_view(session: Session, study_uid: str) -> SignedReportView:
-    """The current signed version of the study's report; :class:`NoSignedReport` if none."""
-    row = session.execute(
-        select(Report, Study, Patient)
-        .join(Study, Study.id == Report.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(Study.study_uid == study_uid)
-    ).one_or_none()
-    if row is None:
-        raise NoSignedReport(f"study {study_uid} has no report")
-    report, study, patient = row
-    if ReportStatus(report.status) not in SIGNED_STATUSES or not report.current_version:
-        raise NoSignedReport(f"the report of study {study_uid} is not signed yet")
-    version = session.scalar(
-        select(ReportVersion).where(
-            ReportVersion.report_id == report.id, ReportVersion.version == report.current_version
+        signed = service.signed_report_view(
+            session,
+            study_uid,
+            version=version,
+            key=service.hub_key(settings) if settings is not None else None,
         )
-    )
-    if version is None:
-        raise NoSignedReport(f"the report of study {study_uid} has no signed version")
-    origin = session.get(Institution, study.origin_id)
-    pool = session.get(Institution, report.pool_id)
-    assert origin is not None and pool is not None
-    first_modality = session.scalar(
-        select(Series.modality)
-        .where(Series.study_pk == study.id, Series.modality.is_not(None))
-        .order_by(Series.id)
-        .limit(1)
-    )
+    except ReportNotFound as exc:
+        raise NoSignedReport(str(exc)) from exc
     num_images = session.scalar(
         select(func.count(Instance.id))
         .join(Series, Series.id == Instance.series_pk)
-        .where(Series.study_pk == study.id)
+        .join(Study, Study.id == Series.study_pk)
+        .where(Study.study_uid == study_uid)
     )
-    signers: list[Signer] = []
-    for user_id, role, when in (
-        (report.signed_by_id or version.author_id, "author", report.signed_at),
-        (report.confirmed_by_id, "confirmer", report.confirmed_at),
-    ):
-        user = session.get(User, user_id) if user_id else None
-        if user is None:
-            continue
-        institution = session.get(Institution, user.institution_id)
-        signers.append(
-            Signer(
-                name=user.full_name,
-                title=user.title,
-                institution=institution.name if institution else None,
-                role=role,
-                signed_at=when,
-                username=user.username,
-            )
-        )
-    signature_valid: bool | None = None
-    service_view = _service_view(session, study_uid)
-    if service_view is not None:
-        signature_valid = getattr(service_view, "signature_valid", None)
     return SignedReportView(
-        report_id=report.id,
-        version=version.version,
-        status=ReportStatus(report.status).value,
-        template=report.template,
+        report_id=signed.report_id,
+        version=signed.version,
+        status=signed.status,
+        template=signed.template,
         patient=PatientInfo(
-            patient_id=patient.patient_id,
-            issuer=patient.issuer,
-            name=patient.name,
-            sex=patient.sex,
-            birth_date=patient.birth_date,
+            patient_id=signed.patient_id,
+            issuer=signed.patient_issuer,
+            name=signed.patient_name,
+            sex=signed.patient_sex,
+            birth_date=signed.patient_birth_date,
         ),
         study=StudyInfo(
-            study_uid=study.study_uid,
-            accession_number=study.accession_number,
-            study_date=study.study_date,
-            study_time=study.study_time,
-            description=study.description,
-            modality=first_modality or (study.modalities or "").split("\\")[0] or None,
-            body_part=study.body_part,
+            study_uid=signed.study_uid,
+            accession_number=signed.accession_number,
+            study_date=signed.study_date,
+            study_time=signed.study_time,
+            description=signed.study_description,
+            modality=signed.modality,
+            body_part=signed.body_part,
             num_images=int(num_images or 0),
         ),
-        origin_name=origin.name,
-        origin_code=origin.code,
-        pool_name=pool.name,
-        pool_code=pool.code,
-        content=dict(version.content or {}),
-        signers=signers,
-        signed_at=report.confirmed_at
-        or (version.created_at if version.kind == "amend" else report.signed_at)
-        or version.created_at,
-        verify_code=report.verify_code,
-        signature_valid=signature_valid,
-        amendment_reason=version.reason if version.kind == "amend" else None,
-        critical=bool(report.critical),
-        origin_id=origin.id,
-        pool_id=pool.id,
+        origin_name=signed.origin_name,
+        origin_code=signed.origin_code,
+        pool_name=signed.pool_name,
+        pool_code=signed.pool_code,
+        content=dict(signed.content or {}),
+        signers=[
+            Signer(
+                name=s.name,
+                title=s.title,
+                institution=s.institution,
+                role=s.role,
+                signed_at=s.signed_at,
+                username=s.username,
+            )
+            for s in signed.signers
+        ],
+        signed_at=signed.signed_at,
+        verify_code=signed.verify_code,
+        signature_valid=signed.signature_valid,
+        amendment_reason=signed.amendment_reason,
+        critical=signed.critical,
     )
 
 
