@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
+from remote_dx.api.routers import events
 from remote_dx.api.routers.events import WorklistWatch
 from remote_dx.core.db import get_sessionmaker, session_scope
 from remote_dx.core.migrate import upgrade
@@ -85,6 +86,8 @@ class Listener:
                         return
                     if line.startswith(": connected"):
                         self.connected.set()
+                    elif line.startswith(":"):
+                        self.events.put(("comment", line[1:].strip()))
                     elif line.startswith("event:"):
                         name = line[6:].strip()
                     elif line.startswith("data:"):
@@ -186,6 +189,17 @@ def test_a_claim_reaches_open_worklists_within_seconds(
     finally:
         for listener in listeners:
             listener.close()
+
+
+def test_heartbeat_comments_keep_a_quiet_stream_open(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.5)
+    listener = Listener(server, params={"access_token": token(server, "county_reader")})
+    try:
+        assert listener.wait_for(lambda e: e == ("comment", "heartbeat"), timeout=10)
+    finally:
+        listener.close()
 
 
 def test_the_stream_needs_a_valid_token(server: str) -> None:
