@@ -173,7 +173,7 @@ def consultation_target(
 
 def _move(
     session: Session,
-    item: WorklistItem | Any,
+    item_id: int,
     *,
     version: int,
     to_pool_id: int,
@@ -184,7 +184,7 @@ def _move(
     result = session.execute(
         update(WorklistItem)
         .where(
-            WorklistItem.id == item.id,
+            WorklistItem.id == item_id,
             WorklistItem.version == version,
             WorklistItem.status != WorklistStatus.SIGNED,
         )
@@ -197,6 +197,8 @@ def _move(
             claimed_at=None,
             lease_expires_at=None,
             due_at=due_at,
+            # A subspecialty section belongs to the pool that had it; upstairs any reader reads.
+            section=None,
             version=WorklistItem.version + 1,
         )
         .execution_options(synchronize_session=False)
@@ -248,8 +250,8 @@ def request_consultation(
     source = item.pool
     target = consultation_target(session, source, rules, to_pool)
     due_at = now + rules.consultation_sla[item.priority]
-    version, from_pool_id = item.version, item.pool_id
-    if not _move(session, item, version=version, to_pool_id=target.id, due_at=due_at, now=now):
+    version, from_pool_id, level = item.version, item.pool_id, item.escalation_level or 0
+    if not _move(session, item.id, version=version, to_pool_id=target.id, due_at=due_at, now=now):
         session.rollback()
         raise Conflict("the study changed meanwhile (claimed, signed or moved); reload and retry")
     consultation = Consultation(
@@ -272,14 +274,14 @@ def request_consultation(
             rule=CONSULTATION_RULE,
             from_pool_id=from_pool_id,
             pool_id=target.id,
-            section=item.section,
+            section=None,
             priority=item.priority,
             due_at=due_at,
             decided_at=now,
             decided_by_id=user.id,
             detail={
                 "consultation_id": consultation.id,
-                "level": (item.escalation_level or 0) + 1,
+                "level": level + 1,
                 "rules": rules.source,
             },
         )
@@ -449,11 +451,16 @@ def escalate_overdue(
                     (row.modalities or "").split("\\"), row.priority
                 )
                 if not _move(
-                    session, row, version=row.version, to_pool_id=parent, due_at=due_at, now=now
+                    session,
+                    row.item_id,
+                    version=row.version,
+                    to_pool_id=parent,
+                    due_at=due_at,
+                    now=now,
                 ):
                     continue  # claimed, signed or escalated by someone else meanwhile
                 rule, to_pool = AUTO_RULE, parent
-                detail.update(at_top=False, level=row.level + 1)
+                detail.update(at_top=False, level=row.level + 1, section_was=row.section)
                 moved.append(row.study_uid)
             session.add(
                 DecisionRecord(
@@ -462,7 +469,7 @@ def escalate_overdue(
                     rule=rule,
                     from_pool_id=row.pool_id,
                     pool_id=to_pool,
-                    section=row.section,
+                    section=row.section if to_pool == row.pool_id else None,
                     priority=row.priority,
                     due_at=due_at,
                     decided_at=now,
