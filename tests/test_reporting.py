@@ -10,7 +10,9 @@ per user); claims go through the worklist API.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -525,3 +527,24 @@ def test_critical_report_raises_an_alert_for_the_township_once(hub: Hub) -> None
             session.scalars(select(CriticalAlert).join(Study).where(Study.study_uid == uid)).all()
         )
     assert count == 1
+
+
+def test_racing_signatures_one_wins_the_other_is_told(hub: Hub) -> None:
+    """Two readers press "sign" on one study at once: exactly one signature, never a 500."""
+    uids = [add_study(hub) for _ in range(3)]
+    headers = {name: hub.headers(name) for name in ("county_reader", "county_junior")}
+    for uid in uids:
+        barrier = threading.Barrier(2)
+
+        def press(name: str, uid: str = uid, barrier: threading.Barrier = barrier) -> int:
+            barrier.wait()
+            return hub.client.post(
+                f"/api/v1/studies/{uid}/report/sign",
+                headers=headers[name],
+                json={"content": content()},
+            ).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            codes = sorted(pool.map(press, headers))
+        assert codes == [200, 409], codes
+        assert [v["version"] for v in hub.report(uid)["versions"]] == [1]

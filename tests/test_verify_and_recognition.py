@@ -24,12 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 
 from remote_dx.core import clock
+from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import Report, ReportVersion, Study
-from remote_dx.core.settings import Settings
+from remote_dx.core.network import apply_network, load_network_file
+from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.reporting import keys
 from remote_dx.reporting.keys import canonical_json, load_signing_key
 from remote_dx.reporting.recognition import VALIDITY_DAYS, lookup
 from remote_dx.reporting.verify import ALPHABET, mask_id, mask_name, new_code, normalise_code
+from tests.support import DEMO_NETWORK
 from tests.test_reporting import ABNORMAL, MACHINE_ECG, Hub, add_study, content, open_hub
 
 PATIENT = "XP-20250001"
@@ -306,3 +310,45 @@ def test_township_signer_withdrawn_and_tampered_results_are_not_recognised(hub: 
     answer = recognition(hub, patient_id=PATIENT)
     assert answer["results"] == []
     assert any("signature" in n["reason"] for n in answer["not_recognisable"])
+
+
+@pytest.mark.postgres
+def test_sign_confirm_amend_verify_and_recognise_on_postgresql(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scale-out database: row locks of the signing steps, JSON payloads read back from
+    PostgreSQL verify byte for byte, the recognition join."""
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
+    reset_settings()
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    for hub in open_hub(pg, get_sessionmaker(pg)):
+        ecg = add_study(hub, modality="ECG", machine_ecg=MACHINE_ECG, second_signature=True)
+        prefill = hub.report(ecg)["draft"]["content"]
+        hub.claim(ecg)
+        draft = hub.call("PUT", f"/api/v1/studies/{ecg}/report/draft", "county_reader",
+                         {"content": prefill})  # fmt: skip
+        assert draft.status_code == 200, draft.text
+        first = hub.sign(ecg)
+        assert first.status_code == 200 and first.json()["status"] == "preliminary"
+        code = first.json()["verify_code"]
+        confirmed = hub.call("POST", f"/api/v1/studies/{ecg}/report/confirm", "county_senior")
+        assert confirmed.status_code == 200, confirmed.text
+        body = {
+            "content": {**prefill, "impression": "窦性心律；一度房室传导阻滞。"},
+            "reason": "措辞",
+        }
+        amended = hub.call("POST", f"/api/v1/studies/{ecg}/report/amend", "county_senior", body)
+        assert amended.status_code == 200, amended.text
+        assert [v["signature_valid"] for v in amended.json()["versions"]] == [True, True, True]
+        assert verify_json(hub, code)["signature_valid"] is True
+        [result] = recognition(hub, patient_id=PATIENT, exam="ecg")["results"]
+        assert result["verify_code"] == code and result["status"] == "amended"
+        with hub.db() as session, session.begin():
+            version = current_version(session, ecg)
+            version.payload = {**version.payload, "measurements": {"heart_rate": 60.0}}
+            flag_modified(version, "payload")
+        assert verify_json(hub, code)["signature_valid"] is False
+        assert recognition(hub, patient_id=PATIENT, exam="ecg")["results"] == []

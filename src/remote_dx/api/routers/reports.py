@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
+from sqlalchemy.exc import IntegrityError
 
 from remote_dx.api.deps import CurrentUser, DbSession
 from remote_dx.reporting import service
@@ -41,7 +42,11 @@ def signing_key(request: Request) -> HubKey:
 Key = Annotated[HubKey, Depends(signing_key)]
 
 
-def _fail(exc: ReportError) -> HTTPException:
+def _fail(exc: ReportError | IntegrityError) -> HTTPException:
+    if isinstance(exc, IntegrityError):
+        # Two signatures of one report raced (SQLite has no row locks): one version number, one
+        # report per study — the loser is told to look again.
+        return HTTPException(409, detail="the report changed meanwhile; reload it and retry")
     return HTTPException(exc.status_code, detail=str(exc))
 
 
@@ -74,7 +79,7 @@ def put_draft(
         service.save_draft(session, user, study_uid, content=body.content, template=body.template)
         session.commit()
         return service.report_view(session, user, study_uid, key=key)
-    except ReportError as exc:
+    except (ReportError, IntegrityError) as exc:
         session.rollback()
         raise _fail(exc) from exc
 
@@ -99,7 +104,7 @@ def sign(
         )
         session.commit()
         return service.report_view(session, user, study_uid, key=key)
-    except ReportError as exc:
+    except (ReportError, IntegrityError) as exc:
         session.rollback()
         raise _fail(exc) from exc
 
@@ -121,7 +126,7 @@ def confirm(
         service.confirm(session, user, study_uid, key=key, content=body.content)
         session.commit()
         return service.report_view(session, user, study_uid, key=key)
-    except ReportError as exc:
+    except (ReportError, IntegrityError) as exc:
         session.rollback()
         raise _fail(exc) from exc
 
@@ -138,6 +143,6 @@ def amend(
         service.amend(session, user, study_uid, key=key, content=body.content, reason=body.reason)
         session.commit()
         return service.report_view(session, user, study_uid, key=key)
-    except ReportError as exc:
+    except (ReportError, IntegrityError) as exc:
         session.rollback()
         raise _fail(exc) from exc
