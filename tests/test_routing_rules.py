@@ -24,6 +24,7 @@ from remote_dx.core.models import (
     RoutingDecisionKind,
     Study,
     StudyStatus,
+    User,
     WorklistItem,
 )
 from remote_dx.core.settings import Settings
@@ -561,3 +562,23 @@ def test_admin_reads_and_replaces_the_rules(client: TestClient, db: sessionmaker
     for user, expected in (("province_reader", 200), ("county_reader", 404), ("tech_xiping", 404)):
         seen = client.get(f"/api/v1/studies/{uid}/routing", headers=auth(client, user))
         assert seen.status_code == expected, (user, seen.text)
+
+
+def test_demo_rules_route_the_demo_network(db: sessionmaker[Session]) -> None:
+    """The demo's subspecialty pools have readers: the network file gives them the sections."""
+    rules_file = SAMPLE_STUDIES / "routing_rules.yaml"
+    with db() as session, session.begin():
+        rules = active_rules(session, rules_file)
+        assert rules.source == f"file:{rules_file}"
+        origin = session.scalar(select(Institution).where(Institution.code == XIPING))
+        child = make_study(session, origin, "CT", study_date="20261123")
+        child.patient.birth_date = "20200101"
+        item = route_study(session, child, modalities=["CT"], rules=rules)
+        session.flush()
+        assert (item.pool.code, item.section, item.second_signature_required) == (
+            PROVINCE,
+            "paediatric",
+            True,
+        )
+        readers = session.scalars(select(User).where(User.institution_id == item.pool_id)).all()
+        assert any(item.section in (r.sections or []) for r in readers)

@@ -88,6 +88,7 @@ def apply_network(session: Session, data: dict[str, Any], *, with_passwords: boo
             user.institution = by_code[entry["institution"]]
             user.modalities = list(entry.get("modalities", []))
             user.title = entry.get("title")
+            user.sections = list(entry.get("sections", []))
             user.active = entry.get("active", True)
             if with_passwords and "password" in entry:
                 user.password_hash = hash_password(str(entry["password"]))
