@@ -16,12 +16,17 @@ import sys
 import threading
 import time
 import uuid
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +36,12 @@ from remote_dx.core.models import Device, Instance, Series, Study
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import file_meta_bytes
 from remote_dx.ingest.instance import Sender, file_instance
+from remote_dx.ingest.transport import (
+    EventDrivenDIMSE,
+    StoreRequest,
+    encode_store_response,
+    parse_store_request,
+)
 from remote_dx.storage.file_store import FileStore
 from remote_dx.storage.s3_store import S3Store
 from tests.conftest import settings_env
@@ -257,3 +268,127 @@ def test_sqlite_ingest_commits_share_wal_flushes_and_leave_connections_full(
     with db() as session:
         assert session.scalar(select(func.count(Instance.id))) == 8
         assert session.connection().exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+# -- the receiver's own C-STORE command sets (ingest/transport.py) ----------------------------
+
+_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.9.1.1"  # 12-lead ECG; odd length: NUL-padded
+_SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1234567890123456789012345678"
+
+
+def _pynetdicom_command_set(primitive: C_STORE | C_ECHO) -> bytes:
+    """What pynetdicom puts on the wire as the command set, via its own encoder."""
+    message = C_STORE_RSP() if primitive.MessageIDBeingRespondedTo is not None else C_STORE_RQ()
+    if isinstance(primitive, C_ECHO):
+        message = C_ECHO_RQ()
+    message.primitive_to_message(primitive)
+    command = b""
+    for pdata in message.encode_msg(1, 16384):
+        for _, data in pdata.presentation_data_value_list:
+            if data[0] & 1:
+                command += data[1:]
+    return command
+
+
+@pytest.mark.parametrize(
+    ("status", "comment"),
+    [
+        (0x0000, None),
+        (0xA700, "storage unavailable, retry later"),
+        (0xA700, "database unavailable, retry later!"),  # odd length: space-padded
+        (0xC000, "invalid instance: (7FE0,0010) claims 9999 bytes, only 12 left: data trunc"),
+        (0x0110, "internal error: RuntimeError"),
+    ],
+)
+def test_store_response_bytes_equal_pynetdicoms(status: int, comment: str | None) -> None:
+    rsp = C_STORE()
+    rsp.MessageID = 7
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = _SOP_CLASS
+    rsp.AffectedSOPInstanceUID = _SOP_INSTANCE
+    rsp.Status = status
+    if comment is not None:
+        rsp.ErrorComment = comment[:64]
+    ours = encode_store_response(7, _SOP_CLASS, _SOP_INSTANCE, status, rsp.ErrorComment)
+    assert ours == _pynetdicom_command_set(rsp)
+
+
+def test_store_response_leaves_non_ascii_comments_to_pynetdicom() -> None:
+    assert encode_store_response(1, _SOP_CLASS, _SOP_INSTANCE, 0xC000, "bad 32×32") is None
+
+
+def _store_request(*, move: bool) -> C_STORE:
+    req = C_STORE()
+    req.MessageID = 513
+    req.AffectedSOPClassUID = _SOP_CLASS
+    req.AffectedSOPInstanceUID = _SOP_INSTANCE
+    req.Priority = 2
+    if move:
+        req.MoveOriginatorApplicationEntityTitle = "MOVER"
+        req.MoveOriginatorMessageID = 9
+    req.DataSet = BytesIO(b"\x08\x00\x16\x00" + bytes(range(256)) * 4)
+    return req
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_store_request_parsed_like_pynetdicom(move: bool) -> None:
+    parsed = parse_store_request(_pynetdicom_command_set(_store_request(move=move)))
+    assert parsed == StoreRequest(
+        sop_class_uid=_SOP_CLASS,
+        sop_instance_uid=_SOP_INSTANCE,
+        message_id=513,
+        priority=2,
+        move_originator_ae="MOVER" if move else None,
+        move_originator_id=9 if move else None,
+    )
+
+
+def test_store_request_parser_declines_other_commands_and_odd_elements() -> None:
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    assert parse_store_request(_pynetdicom_command_set(echo)) is None
+    command = _pynetdicom_command_set(_store_request(move=False))
+    # An element a C-STORE-RQ does not have, e.g. (0000,0900) Status.
+    assert parse_store_request(command + b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00") is None
+    assert parse_store_request(command[:-3]) is None  # cut inside a value
+
+
+def _feed(dimse: EventDrivenDIMSE, message: C_STORE_RQ | C_ECHO_RQ, max_pdu: int) -> None:
+    for pdata in message.encode_msg(3, max_pdu):
+        dimse.receive_primitive(pdata)
+
+
+def test_dimse_reader_reassembles_stores_and_hands_other_messages_to_pynetdicom() -> None:
+    """Fragmented C-STOREs come out as pynetdicom's primitives; a C-ECHO takes its path."""
+    ae = AE()
+    assoc = Association(ae, mode="acceptor")
+    dimse = EventDrivenDIMSE(assoc, threading.Event())
+    request = _store_request(move=True)
+    payload = request.DataSet.getvalue()
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    _feed(dimse, message, max_pdu=64)  # the command and the data set in several fragments
+    echo = C_ECHO()
+    echo.MessageID = 514
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo_message = C_ECHO_RQ()
+    echo_message.primitive_to_message(echo)
+    _feed(dimse, echo_message, max_pdu=16384)
+    _feed(dimse, message, max_pdu=16384)  # and whole, after pynetdicom's own message
+
+    received = [dimse.msg_queue.get_nowait() for _ in range(3)]
+    assert dimse.msg_queue.empty()
+    for (context_id, primitive), kind in zip(received, (C_STORE, C_ECHO, C_STORE), strict=True):
+        assert context_id == 3
+        assert isinstance(primitive, kind)
+    for _, store in (received[0], received[2]):
+        assert store.MessageID == 513
+        assert store.AffectedSOPClassUID == _SOP_CLASS
+        assert store.AffectedSOPInstanceUID == _SOP_INSTANCE
+        assert store.Priority == 2
+        assert store.MoveOriginatorApplicationEntityTitle == "MOVER"
+        assert store.MoveOriginatorMessageID == 9
+        assert store.DataSet.getvalue() == payload
+        assert store.is_valid_request
+    assert received[1][1].MessageID == 514

@@ -265,12 +265,10 @@ def part10_bytes(event: Event, source_ae: str) -> bytes:
         source_ae,
     )
     stream = request.DataSet
-    payload = stream.getbuffer() if hasattr(stream, "getbuffer") else stream.read()
-    try:
-        return b"".join((header, payload))
-    finally:
-        if isinstance(payload, memoryview):
-            payload.release()
+    # The receiver's C-STORE reader makes the BytesIO from one bytes object, which getvalue()
+    # returns as is (getbuffer() would copy it first to unshare it).
+    payload = stream.getvalue() if hasattr(stream, "getvalue") else stream.read()
+    return b"".join((header, payload))
 
 
 def file_meta_bytes(
