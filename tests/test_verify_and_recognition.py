@@ -152,6 +152,8 @@ def test_verify_holds_and_tampering_breaks_it(hub: Hub) -> None:
         flag_modified(version, "payload")
     assert verify_json(hub, code)["signature_valid"] is False
     assert verify_json(hub, code)["signature"] == "签名无效 / signature NOT valid"
+    page = hub.client.get(f"/verify/{code}", headers={"Accept": "text/html"}).text
+    assert "签名无效" in page and "签名有效" not in page
 
     # Payload restored: valid again. Then the content is edited: invalid.
     with hub.db() as session, session.begin():
