@@ -50,6 +50,7 @@ READER_ROLES = frozenset({Role.READER, Role.SENIOR_READER, Role.SUPERVISOR})
 AUTO_RULE = "auto-escalation/overdue"
 AUTO_TOP_RULE = "auto-escalation/at-top"
 CONSULTATION_RULE = "consultation"
+OPEN_STATUSES = [s for s in WorklistStatus if s is not WorklistStatus.SIGNED]
 
 
 class EscalationError(Exception):
@@ -385,7 +386,9 @@ def find_overdue(session: Session, now: datetime, limit: int = 500) -> list[_Ove
         )
         .join(Study, Study.id == WorklistItem.study_pk)
         .where(
-            WorklistItem.status != WorklistStatus.SIGNED,
+            # IN over the open statuses (not "!= signed"): the status index then finds the few
+            # open items rather than every signed item of past years.
+            WorklistItem.status.in_(OPEN_STATUSES),
             WorklistItem.due_at <= now,
             # escalated_at ≥ due_at: already moved (new due later) or flagged at the top.
             or_(
