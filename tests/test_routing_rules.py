@@ -27,7 +27,7 @@ from remote_dx.core.models import (
     User,
     WorklistItem,
 )
-from remote_dx.core.settings import Settings
+from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.routing.route import active_rules, clear_rules_cache, decide, route_study
 from remote_dx.routing.rules import (
     DEFAULT_RULES,
@@ -582,3 +582,63 @@ def test_demo_rules_route_the_demo_network(db: sessionmaker[Session]) -> None:
         )
         readers = session.scalars(select(User).where(User.institution_id == item.pool_id)).all()
         assert any(item.section in (r.sections or []) for r in readers)
+
+
+def test_pipeline_routes_by_the_rules_file(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real DX through filing and processing: the rules see the decoded Chinese description,
+    the body part and the header's Patient's Age (no birth date sent)."""
+    from pydicom.uid import generate_uid
+
+    from remote_dx import pipeline
+    from remote_dx.storage.factory import get_store
+    from tests.test_pipeline import file, make_dx, part10
+
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        f"""rules:
+  - name: child-chest
+    match:
+      age: {{max: 14}}
+      body_part: [CHEST]
+      description: 胸部
+    target: {{pool: {PROVINCE}, section: paediatric}}
+    second_signature: true
+  - name: township
+    target: lead_hospital
+""",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RDX_ROUTING_FILE", str(rules_file))
+    reset_settings()
+    uids = {}
+    for age in ("008Y", "045Y"):
+        uid = uids[age] = generate_uid()
+        ds = make_dx(uid, size=16, patient_id=f"XP-{age}")
+        del ds.PatientBirthDate
+        ds.PatientAge = age
+        ds.SpecificCharacterSet = "GB18030"
+        ds.StudyDescription = "胸部正位"
+        file(settings, db, part10(ds))
+        with db() as session, session.begin():
+            study = session.scalar(select(Study).where(Study.study_uid == uid))
+            study.status = StudyStatus.QUEUED
+        outcome = pipeline.process_study(uid, sessions=db, store=get_store(settings))
+        assert outcome.result == "processed", outcome
+    with db() as session:
+        routed = {
+            age: session.execute(
+                select(Institution.code, WorklistItem.section, WorklistItem.routing_rule)
+                .join(WorklistItem, WorklistItem.pool_id == Institution.id)
+                .join(Study, Study.id == WorklistItem.study_pk)
+                .where(Study.study_uid == uid)
+            ).one()
+            for age, uid in uids.items()
+        }
+    assert tuple(routed["008Y"]) == (
+        PROVINCE,
+        "paediatric",
+        "child-chest/imaging/routine(default)",
+    )
+    assert tuple(routed["045Y"]) == (COUNTY, None, "township/imaging/routine(default)")
