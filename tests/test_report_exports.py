@@ -58,7 +58,7 @@ from remote_dx.reporting.export.view import load_view
 from remote_dx.reporting.keys import load_signing_key
 from remote_dx.reporting.schemas import ReportContent
 from tests.ecg_samples import synthetic_ecg
-from tests.support import free_port
+from tests.support import free_port, wait_until
 from tests.test_ecg_pipeline import process
 from tests.test_ecg_upload_api import auth
 from tests.test_pipeline import file, make_dx, part10
@@ -625,3 +625,37 @@ def test_the_township_fetches_its_own_results_and_another_township_cannot(
             )
             assert response.status_code == code, (username, path, response.text)
     assert client.get(f"/api/v1/studies/{study_uid}/report.pdf").status_code == 401
+
+
+def test_the_worker_retries_a_refused_delivery_with_backoff_until_the_pacs_answers(
+    client: TestClient, settings: Settings, db: sessionmaker[Session], township_pacs: TownshipSCP
+) -> None:
+    """The real path: signing enqueues deliver_report after the commit; the embedded Celery
+    worker's attempts are refused while the PACS is down and retried with a doubling countdown;
+    once the PACS listens, the next retry delivers."""
+    settings.delivery_retry_seconds = 0.3
+    study_uid = dx_study(settings, db)
+    worker = tasks.start_embedded_worker(settings)
+    try:
+        report_id = sign(settings, db, study_uid, DX_CONTENT)
+
+        def refused_twice() -> bool:
+            rows = deliveries(db, report_id)
+            return all(
+                rows[(1, c)].status == delivery.RETRYING and rows[(1, c)].attempts >= 2
+                for c in ("dicom-pdf", "dicom-sr")
+            )
+
+        wait_until(refused_twice, timeout=30, message="two refused attempts per object")
+        township_pacs.start()
+
+        def delivered() -> bool:
+            rows = deliveries(db, report_id)
+            return all(rows[(1, c)].status == delivery.DELIVERED for c in ("dicom-pdf", "dicom-sr"))
+
+        wait_until(delivered, timeout=30, message="delivery once the PACS listens")
+    finally:
+        worker.stop()
+    assert len(township_pacs.received) == 2
+    rows = deliveries(db, report_id)
+    assert all(rows[(1, c)].attempts >= 3 for c in ("dicom-pdf", "dicom-sr"))

@@ -2,7 +2,8 @@
 Organizations and — for an ECG — one Observation per measurement, all *contained* so the
 resource stands alone (FHIR R4 §2.30 "Contained resources").
 
-- ``status``: preliminary | final | amended (the report's status).
+- ``status``: preliminary | final | amended (the report's status); entered-in-error when an
+  amendment withdrew the result.
 - ``category``: HL7 v2 table 0074 — EC (electrocardiac) or RAD (radiology).
 - ``code``: LOINC, see :mod:`remote_dx.reporting.export.codes`.
 - ``subject``: the Patient with its identifier in the issuer's namespace
@@ -97,6 +98,8 @@ def diagnostic_report(view: SignedReportView, pdf: bytes | None = None) -> dict[
     study, patient = view.study, view.patient
     code = exam_code(study.modality, study.body_part, study.num_images, view.is_ecg)
     contained: list[dict[str, Any]] = []
+    # R4: "entered-in-error — the report has been withdrawn following a previous final release".
+    status = "entered-in-error" if view.content.get("withdrawn") else view.status
 
     patient_resource: dict[str, Any] = {
         "resourceType": "Patient",
@@ -156,7 +159,7 @@ def diagnostic_report(view: SignedReportView, pdf: bytes | None = None) -> dict[
             observation: dict[str, Any] = {
                 "resourceType": "Observation",
                 "id": f"obs{index + 1}",
-                "status": view.status,
+                "status": status,
                 "category": [
                     {
                         "coding": [
@@ -201,7 +204,7 @@ def diagnostic_report(view: SignedReportView, pdf: bytes | None = None) -> dict[
         "identifier": [
             {"system": STUDY_UID_SYSTEM, "value": f"urn:oid:{study.study_uid}"},
         ],
-        "status": view.status,
+        "status": status,
         "category": [
             {
                 "coding": [
