@@ -20,6 +20,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -32,10 +33,17 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.db import write_lock
+from remote_dx.core.errors import InvalidInstance
 from remote_dx.core.models import Device, Instance, Series, Study
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import file_meta_bytes
-from remote_dx.ingest.instance import Sender, file_instance
+from remote_dx.ingest.instance import (
+    Sender,
+    _InstanceRow,
+    _read_header,
+    file_instance,
+    parse_part10,
+)
 from remote_dx.ingest.transport import (
     EventDrivenDIMSE,
     StoreRequest,
@@ -392,3 +400,41 @@ def test_dimse_reader_reassembles_stores_and_hands_other_messages_to_pynetdicom(
         assert store.DataSet.getvalue() == payload
         assert store.is_valid_request
     assert received[1][1].MessageID == 514
+
+
+# -- the header reader filing uses (ingest/instance.py) ---------------------------------------
+
+_HEADER_SAMPLES = [
+    "CT_small.dcm",  # explicit VR LE
+    "waveform_ecg.dcm",  # sequences
+    "MR_small_RLE.dcm",  # encapsulated
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",  # deflated
+    "chrArab.dcm",  # Specific Character Set
+    "chrH31.dcm",  # ISO 2022 (Japanese)
+    "chrX1.dcm",  # ISO_IR 192
+]
+
+
+def _filing_rows(ds: object) -> tuple[object, ...]:
+    sender = Sender(1, 2, "INST", "AE")
+    row = _InstanceRow.of(ds, "key", 10, "sha", sender)  # type: ignore[arg-type]
+    return (row.patient, row.study, row.series, row.instance)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", _HEADER_SAMPLES)
+def test_header_reader_gives_filing_what_a_full_parse_gives(name: str) -> None:
+    path = get_testdata_file(name) or next(f for f in get_charset_files() if f.endswith(name))
+    data = Path(path).read_bytes()
+    assert _filing_rows(_read_header(data)) == _filing_rows(parse_part10(data))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["CT_small.dcm", "waveform_ecg.dcm", "MR_small_RLE.dcm"])
+def test_header_reader_rejects_every_cut(name: str) -> None:
+    data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
+    for fraction in (0.05, 0.25, 0.5, 0.75, 0.9, 0.999):
+        with pytest.raises(InvalidInstance):
+            _read_header(data[: int(len(data) * fraction)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Container
 from dataclasses import dataclass
 
 from remote_dx.core.errors import InvalidInstance
@@ -61,6 +62,26 @@ def check_structure(data: bytes | memoryview, transfer_syntax: str) -> PixelData
 
     Returns what the walk saw of the top-level Pixel Data (7FE0,0010), or None if there is none.
     """
+    return walk(data, transfer_syntax).pixel
+
+
+@dataclass(frozen=True)
+class Walked:
+    """What :func:`walk` found besides a well-formed stream."""
+
+    pixel: PixelData | None
+    #: tag → (explicit VR or None, value bytes) of the top-level elements asked for
+    elements: dict[int, tuple[str | None, bytes]]
+    implicit_vr: bool
+    little_endian: bool
+
+
+def walk(data: bytes | memoryview, transfer_syntax: str, wanted: Container[int] = ()) -> Walked:
+    """:func:`check_structure`, also keeping the values of the top-level elements in ``wanted``.
+
+    Lets a reader that needs a handful of attributes skip a full parse: the walk visits every
+    element header anyway. Undefined-length (sequence) elements are never kept.
+    """
     pos = dataset_offset(data)
     body: bytes | memoryview = data
     end = len(data)
@@ -76,13 +97,37 @@ def check_structure(data: bytes | memoryview, transfer_syntax: str) -> PixelData
         # Some writers label implicit VR data as explicit; pydicom reads it as implicit too.
         explicit = False
     pixel = None
+    elements: dict[int, tuple[str | None, bytes]] = {}
     while pos < end:
         start = pos
         pos = _skip_element(body, pos, end, explicit=explicit, little=little)
-        if _peek_tag(body, start, little) == _PIXEL_DATA:
+        tag = _peek_tag(body, start, little)
+        if tag == _PIXEL_DATA:
             _, _, _, value_start = _header(body, start, end, explicit, little)
             pixel = PixelData(pos - value_start, bytes(body[value_start : value_start + 8]))
-    return pixel
+        elif tag in wanted:
+            _, vr, length, value_start = _header(body, start, end, explicit, little)
+            if length != _UNDEFINED:
+                value = bytes(body[value_start:pos])
+                elements[tag] = (vr.decode("ascii") if vr is not None else None, value)
+    return Walked(pixel, elements, not explicit, little)
+
+
+def file_meta_value(data: bytes | memoryview, tag: int) -> str | None:
+    """A text value of the File Meta Information (PS3.10 §7.1), padding stripped; or None."""
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        raise InvalidInstance("not a DICOM Part 10 stream (no DICM prefix)")
+    pos, end = 132, len(data)
+    while pos + 8 <= end:
+        group = struct.unpack_from("<H", data, pos)[0]
+        if group != 0x0002:
+            break
+        found, _, length, value_start = _header(data, pos, end, True, True)
+        pos = _skip_element(data, pos, end, explicit=True, little=True)
+        if found == tag:
+            value = bytes(data[value_start : value_start + length])
+            return value.rstrip(b"\0 ").decode("ascii", "replace")
+    return None
 
 
 def _header(
