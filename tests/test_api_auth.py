@@ -161,3 +161,17 @@ def test_generated_secret_is_persisted_private_and_shared(
     # An install with its own secret does not accept them.
     other = TestClient(create_app(settings))
     assert other.get(WORKLIST, headers=bearer(token_1)).status_code == 401
+
+
+def test_token_issued_on_an_advanced_clock_is_valid(client) -> None:
+    """Tests move the project's clock; a token issued "in the future" of the real clock works."""
+    from datetime import timedelta
+
+    from remote_dx.core import clock
+
+    clock.advance(timedelta(hours=3))
+    token = client.post(
+        "/api/v1/auth/token", data={"username": "county_reader", "password": "demo"}
+    ).json()["access_token"]
+    response = client.get("/api/v1/worklist", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text

@@ -6,12 +6,13 @@ Commands import their stage lazily so ``remote-dx push`` on a township PC starts
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from remote_dx.core.settings import Settings
+from remote_dx.core.settings import Settings, get_settings, reset_settings
 
 app = typer.Typer(help="remote_dx: remote imaging and ECG reading hub.", no_args_is_help=True)
 
@@ -23,7 +24,18 @@ Demo = Annotated[bool | None, typer.Option("--demo/--no-demo", help="RDX_DEMO")]
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings with the command's options applied.
+
+    The options are written back into this process's ``RDX_`` environment, so code that reads
+    :func:`get_settings` deep inside a stage (a task, the signing key, the routing rules) and any
+    child process see the same data directory and ports as the command line asked for.
+    """
+    for name, value in overrides.items():
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            os.environ[f"RDX_{name.upper()}"] = text
+    reset_settings()
+    return get_settings()
 
 
 @app.command()
@@ -35,17 +47,19 @@ def serve(
     demo: Demo = None,
 ) -> None:
     """Run the whole hub in one process: DICOM receiver, web/API and an embedded worker."""
-    from remote_dx.serve import run_hub
+    from remote_dx.serve import demo_routing_file, run_hub
 
-    run_hub(
-        _settings(
-            data_dir=data_dir,
-            http_port=http_port,
-            dicom_port=dicom_port,
-            quiet_seconds=quiet_seconds,
-            demo=demo,
-        )
+    settings = _settings(
+        data_dir=data_dir,
+        http_port=http_port,
+        dicom_port=dicom_port,
+        quiet_seconds=quiet_seconds,
+        demo=demo,
     )
+    if settings.demo and settings.routing_file is None:
+        # The demo shows the rules engine at work: the demo rules, unless others are configured.
+        settings = _settings(routing_file=demo_routing_file())
+    run_hub(settings)
 
 
 @app.command()

@@ -44,6 +44,15 @@ def demo_network_file() -> Path:
     )
 
 
+def demo_routing_file() -> Path | None:
+    """The demo's routing rules (``sample_studies/routing_rules.yaml``) beside the demo network."""
+    try:
+        path = demo_network_file().with_name("routing_rules.yaml")
+    except FileNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
 def seed_demo(settings: Settings) -> list[str]:
     """Load the demo network with its passwords (idempotent); return the demo usernames."""
     from remote_dx.core.db import session_scope

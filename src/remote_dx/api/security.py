@@ -143,7 +143,8 @@ def decode_access_token(token: str, *, secret: str, settings: Settings) -> Token
     """Check signature, issuer, type and expiry; raise :class:`AuthenticationError` if any fails.
 
     Expiry is checked against :func:`remote_dx.core.clock.utcnow` rather than by pyjwt, so the
-    project's one clock (movable in tests) governs token lifetime like every other deadline.
+    project's one clock (movable in tests) governs token lifetime like every other deadline; for
+    the same reason pyjwt's "issued in the future" check (real clock) is off.
     """
     try:
         claims = jwt.decode(
@@ -151,7 +152,11 @@ def decode_access_token(token: str, *, secret: str, settings: Settings) -> Token
             secret,
             algorithms=[settings.jwt_algorithm],
             issuer=ISSUER,
-            options={"require": ["sub", "exp", "iat", "iss"], "verify_exp": False},
+            options={
+                "require": ["sub", "exp", "iat", "iss"],
+                "verify_exp": False,
+                "verify_iat": False,
+            },
         )
         expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
         issued_at = datetime.fromtimestamp(int(claims["iat"]), UTC)
