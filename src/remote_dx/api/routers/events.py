@@ -38,7 +38,7 @@ from sqlalchemy import case, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from remote_dx.api.deps import TOKEN_URL, DbSession, current_user
+from remote_dx.api.deps import TOKEN_URL, current_user
 from remote_dx.core.models import (
     CriticalAlert,
     Institution,
@@ -66,13 +66,15 @@ _holder = aliased(User, name="holder")
 
 def stream_user(
     request: Request,
-    session: DbSession,
     header_token: Annotated[str | None, Depends(_bearer)],
     access_token: Annotated[
         str | None, Query(description="The bearer token, for EventSource (no headers)")
     ] = None,
 ) -> User:
-    return current_user(request, session, header_token or access_token)
+    """The user of the header's or the query's token. Its own short session, not the request's:
+    a request session would hold a pooled connection for as long as the stream stays open."""
+    with request.app.state.sessions() as session:
+        return current_user(request, session, header_token or access_token)
 
 
 class WorklistWatch:
