@@ -7,6 +7,7 @@ sharded file store layout, and that filing still answers duplicates and outages 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -29,6 +30,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,9 +46,11 @@ from remote_dx.ingest.instance import (
     file_instance,
     parse_part10,
 )
+from remote_dx.ingest.presentation import supported_contexts
 from remote_dx.ingest.transport import (
     EventDrivenDIMSE,
     StoreRequest,
+    _SupportedContexts,
     encode_store_response,
     parse_store_request,
 )
@@ -438,3 +442,22 @@ def test_header_reader_rejects_every_cut(name: str) -> None:
     for fraction in (0.05, 0.25, 0.5, 0.75, 0.9, 0.999):
         with pytest.raises(InvalidInstance):
             _read_header(data[: int(len(data) * fraction)])
+
+
+def test_each_association_gets_its_own_copy_of_the_supported_contexts() -> None:
+    contexts = _SupportedContexts(supported_contexts())
+    copies = copy.deepcopy(contexts)
+
+    def described(items: list[PresentationContext]) -> list[tuple[object, ...]]:
+        return [
+            (c.abstract_syntax, c.transfer_syntax, c.context_id, c.scu_role, c.scp_role)
+            for c in items
+        ]
+
+    assert described(copies) == described(copy.deepcopy(list(contexts)))
+    copies[0].context_id = 1
+    copies[0].transfer_syntax.append("1.2.840.10008.1.2.2")
+    copies[0].scp_role = True
+    assert contexts[0].context_id is None
+    assert "1.2.840.10008.1.2.2" not in contexts[0].transfer_syntax
+    assert contexts[0].scp_role is None
