@@ -646,14 +646,14 @@ def test_the_worker_retries_a_refused_delivery_with_backoff_until_the_pacs_answe
                 for c in ("dicom-pdf", "dicom-sr")
             )
 
-        wait_until(refused_twice, timeout=30, message="two refused attempts per object")
+        wait_until(refused_twice, timeout=60, message="two refused attempts per object")
         township_pacs.start()
 
         def delivered() -> bool:
             rows = deliveries(db, report_id)
             return all(rows[(1, c)].status == delivery.DELIVERED for c in ("dicom-pdf", "dicom-sr"))
 
-        wait_until(delivered, timeout=30, message="delivery once the PACS listens")
+        wait_until(delivered, timeout=60, message="delivery once the PACS listens")
     finally:
         worker.stop()
     assert len(township_pacs.received) == 2
