@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -45,6 +46,7 @@ PDF_SERIES_NUMBER = 9001
 SR_SERIES_NUMBER = 9002
 MANUFACTURER = "remote_dx"
 UTF8 = "ISO_IR 192"
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:remote-dx:report-objects")
@@ -74,13 +76,13 @@ def _code_item(code: Code) -> Dataset:
 
 
 def _da_tm(value: datetime | None) -> tuple[str, str]:
-    value = (value or datetime.now(UTC)).astimezone(UTC)
+    value = (value or datetime.now(UTC)).astimezone(LOCAL_TZ)
     return value.strftime("%Y%m%d"), value.strftime("%H%M%S")
 
 
 def _dt(value: datetime | None) -> str:
-    value = (value or datetime.now(UTC)).astimezone(UTC)
-    return value.strftime("%Y%m%d%H%M%S") + "+0000"
+    value = (value or datetime.now(UTC)).astimezone(LOCAL_TZ)
+    return value.strftime("%Y%m%d%H%M%S%z")
 
 
 def _common(view: SignedReportView, sop_class: UID, kind: str, modality: str) -> Dataset:
@@ -117,6 +119,9 @@ def _common(view: SignedReportView, sop_class: UID, kind: str, modality: str) ->
     date, time = _da_tm(view.signed_at)
     ds.ContentDate, ds.ContentTime = date, time
     ds.InstanceCreationDate, ds.InstanceCreationTime = _da_tm(None)
+    # All DA/TM of the instance are China time: the study's as the township's modality wrote
+    # them, ours converted from UTC (PS3.3 C.12.1.1.8).
+    ds.TimezoneOffsetFromUTC = "+0800"
     return ds
 
 
