@@ -659,3 +659,55 @@ def test_the_worker_retries_a_refused_delivery_with_backoff_until_the_pacs_answe
     assert len(township_pacs.received) == 2
     rows = deliveries(db, report_id)
     assert all(rows[(1, c)].attempts >= 3 for c in ("dicom-pdf", "dicom-sr"))
+
+
+@pytest.mark.postgres
+def test_delivery_and_exports_on_postgresql(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scale-out database: delivery rows made in the signing transaction, the attempt
+    counted, the C-STORE delivered, the exports read back (JSON content, joins, scoping)."""
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from remote_dx.core.db import get_sessionmaker, session_scope
+    from remote_dx.core.migrate import upgrade
+    from remote_dx.core.network import apply_network, load_network_file
+    from remote_dx.core.settings import reset_settings
+    from tests.support import DEMO_NETWORK
+
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
+    reset_settings()
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg_db = get_sessionmaker(pg)
+    tasks.configure(pg)
+    client = TestClient(create_app(pg))
+    scp = TownshipSCP()
+    scp.start()
+    try:
+        with pg_db() as session:
+            xiping = session.scalar(select(Institution).where(Institution.code == "XIPING"))
+            assert xiping is not None
+            xiping.return_ae_title, xiping.return_host, xiping.return_port = (
+                scp.ae_title,
+                "127.0.0.1",
+                scp.port,
+            )
+            session.commit()
+        auth(client, "tech_xiping")
+        study_uid = dx_study(pg, pg_db)
+        report_id = sign(pg, pg_db, study_uid, DX_CONTENT)
+        rows = deliveries(pg_db, report_id)
+        assert set(rows) == {(1, "fhir"), (1, "dicom-pdf"), (1, "dicom-sr")}
+        for channel in ("dicom-pdf", "dicom-sr"):
+            outcome = delivery.attempt_delivery(pg, rows[(1, channel)].id)
+            assert outcome.status == delivery.DELIVERED and outcome.attempts == 1
+        assert {ds.StudyInstanceUID for ds in scp.received} == {study_uid}
+        body = client.get(
+            f"/api/v1/studies/{study_uid}/report/fhir", headers=auth(client, "tech_xiping")
+        ).json()
+        assert DiagnosticReport.model_validate(body).conclusion == DX_IMPRESSION
+    finally:
+        scp.stop()
