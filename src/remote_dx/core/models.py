@@ -364,7 +364,7 @@ class CriticalAlert(Base):
 
 
 class ReacquireRequest(Base):
-    """"Technically unsatisfactory, re-acquire": a notice to the township that took the ECG."""
+    """A "technically unsatisfactory, re-acquire" notice to the township that took the ECG."""
 
     __tablename__ = "reacquire_requests"
 
