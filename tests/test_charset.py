@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx import tasks
+from remote_dx.core.charset import decode_element
 from remote_dx.core.models import Study, StudyStatus
 from remote_dx.core.settings import Settings
-from remote_dx.ingest.charset import decode_element
 from remote_dx.ingest.study import sweep_ready_studies
 from remote_dx.ingest.validation import validate_study
 from tests.test_pipeline import file, make_dx, part10, quiet_over, run_task
@@ -150,7 +150,7 @@ def test_name_already_converted_by_pydicom_still_decodes_iso2022() -> None:
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    from remote_dx.ingest.charset import decode_element
+    from remote_dx.core.charset import decode_element
 
     ds = Dataset()
     ds.SpecificCharacterSet = ["", "ISO 2022 IR 58"]

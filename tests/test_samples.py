@@ -16,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from remote_dx.ingest.charset import decode_element
+from remote_dx.core.charset import decode_element
 from remote_dx.ingest.instance import parse_part10
 from tests.support import SAMPLE_STUDIES
 

@@ -36,6 +36,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.core.charset import charsets_of, decode_element
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     Instance,
@@ -48,7 +49,6 @@ from remote_dx.core.models import (
 )
 from remote_dx.ecg.service import ECGOutcome, analyse_waveform, is_ecg_sop_class, record_analysis
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
-from remote_dx.ingest.charset import charsets_of, decode_element
 from remote_dx.ingest.validation import validate_study
 from remote_dx.routing.route import header_patient_age, header_priority, route_study
 from remote_dx.storage.base import ObjectStore

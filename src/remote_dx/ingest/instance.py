@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.core.charset import decode_element
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import deferred_flush, make_durable, write_lock
 from remote_dx.core.errors import DatabaseUnavailable, InvalidInstance
@@ -45,7 +46,6 @@ from remote_dx.core.models import (
     Study,
     StudyStatus,
 )
-from remote_dx.ingest.charset import decode_element
 from remote_dx.ingest.part10 import PixelData, check_structure, file_meta_value, walk
 from remote_dx.storage.base import ObjectStore
 

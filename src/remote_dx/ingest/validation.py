@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from remote_dx.ingest.charset import decode_element
+from remote_dx.core.charset import decode_element
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _raw(ds: Dataset, keyword: str) -> object:
     """The element's value without making pydicom convert it in place.
 
     Reading ``ds.PatientName`` replaces the raw bytes with pydicom's decoding, which is wrong for
-    ISO 2022 IR 58; the index decodes names itself (ingest.charset) and needs the bytes intact.
+    ISO 2022 IR 58; the index decodes names itself (core.charset) and needs the bytes intact.
     """
     item = ds.get_item(keyword)
     return None if item is None else item.value

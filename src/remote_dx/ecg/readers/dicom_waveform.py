@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from remote_dx.core.charset import decode_element
 from remote_dx.ecg.dicom_codes import ECG_SOP_CLASSES, MEASUREMENT_CODES, lead_from_code
 from remote_dx.ecg.model import ECG, DeviceMeasurements, ECGError, MedianBeat, PatientInfo
 from remote_dx.ecg.readers._common import (
@@ -195,14 +196,8 @@ def _channel_scale(channel: Dataset, *, where: str) -> tuple[float, float]:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    """Text in the dataset's character set (GB18030 and ISO 2022 IR 58 handled by ingest)."""
-    try:
-        from remote_dx.ingest.charset import decode_element
-
-        value = decode_element(ds, keyword)
-    except Exception:
-        raw = ds.get(keyword)
-        value = str(raw) if raw is not None else None
+    """Text in the dataset's character set (GB18030 and ISO 2022 IR 58 included)."""
+    value = decode_element(ds, keyword)
     return value.strip() if value and value.strip() else None
 
 
