@@ -34,7 +34,7 @@ from remote_dx.api.routers import (
 )
 from remote_dx.api.security import load_jwt_secret
 from remote_dx.core.db import get_sessionmaker
-from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
+from remote_dx.core.errors import DatabaseUnavailable, ServiceError, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.storage.factory import get_store
 
@@ -101,6 +101,12 @@ async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(
+        jsonable_encoder({"detail": exc.message, **exc.extra}), status_code=exc.status_code
+    )
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # A bug of ours, not the client's: logged with its traceback, answered in the usual shape.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -124,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for error in (StorageUnavailable, DatabaseUnavailable, OperationalError):
         app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
 
     app.include_router(health.router)

@@ -1,27 +1,25 @@
-"""Errors of the reporting service; the API maps each to its HTTP status."""
+"""Errors of the reporting service (the API maps each to its HTTP status)."""
 
 from __future__ import annotations
 
-
-class ReportError(Exception):
-    status_code = 400
+from remote_dx.core.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 
 
-class ReportNotFound(ReportError):
+class ReportError(ServiceError):
+    """Base of the reporting service's refusals."""
+
+
+class ReportNotFound(ReportError, NotFound):
     """No such study, or not visible to the user (existence is not revealed)."""
 
-    status_code = 404
+
+class NotPermitted(ReportError, Forbidden):
+    pass
 
 
-class NotPermitted(ReportError):
-    status_code = 403
-
-
-class ReportConflict(ReportError):
+class ReportConflict(ReportError, Conflict):
     """The report's state (or the lease) does not allow this step now."""
 
-    status_code = 409
 
-
-class InvalidReport(ReportError):
-    status_code = 422
+class InvalidReport(ReportError, Invalid):
+    pass

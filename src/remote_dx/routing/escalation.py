@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.core import errors
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     Consultation,
@@ -53,26 +54,24 @@ CONSULTATION_RULE = "consultation"
 OPEN_STATUSES = [s for s in WorklistStatus if s is not WorklistStatus.SIGNED]
 
 
-class EscalationError(Exception):
-    """A request that cannot be carried out; ``status`` is the HTTP status to answer."""
-
-    status = 400
+class EscalationError(errors.ServiceError):
+    """A routing/consultation request that cannot be carried out."""
 
 
-class NotFound(EscalationError):
-    status = 404
+class NotFound(EscalationError, errors.NotFound):
+    pass
 
 
-class Forbidden(EscalationError):
-    status = 403
+class Forbidden(EscalationError, errors.Forbidden):
+    pass
 
 
-class Conflict(EscalationError):
-    status = 409
+class Conflict(EscalationError, errors.Conflict):
+    pass
 
 
-class Invalid(EscalationError):
-    status = 422
+class Invalid(EscalationError, errors.Invalid):
+    pass
 
 
 # --- who may see what -----------------------------------------------------------------------------

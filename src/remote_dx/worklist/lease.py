@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from remote_dx.core import errors
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     Institution,
@@ -58,29 +59,20 @@ SUPERVISING_ROLES = frozenset({Role.SUPERVISOR, Role.ADMIN})
 _CAS_ATTEMPTS = 3
 
 
-class LeaseError(Exception):
-    """A lease operation refused; ``status_code`` is the HTTP answer."""
-
-    status_code = 400
-
-    def __init__(self, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.extra = extra
+class LeaseError(errors.ServiceError):
+    """A lease operation refused (``extra`` says who holds the item, for a 409)."""
 
 
-class ItemNotFound(LeaseError):
-    status_code = 404
+class ItemNotFound(LeaseError, errors.NotFound):
+    pass
 
 
-class NotAllowed(LeaseError):
-    status_code = 403
+class NotAllowed(LeaseError, errors.Forbidden):
+    pass
 
 
-class LeaseConflict(LeaseError):
+class LeaseConflict(LeaseError, errors.Conflict):
     """Someone else holds the item, it is signed, or it kept changing under us."""
-
-    status_code = 409
 
 
 @dataclass(frozen=True)

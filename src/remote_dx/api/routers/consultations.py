@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Path, status
 from sqlalchemy import select
 
 from remote_dx.api.deps import CurrentUser, DbSession
 from remote_dx.core.models import Consultation, Institution, User
 from remote_dx.routing.escalation import (
-    EscalationError,
     answer_consultation,
     list_consultations,
     request_consultation,
@@ -85,17 +84,9 @@ def _views(
 def post_consultation(
     study_uid: StudyUID, body: ConsultationRequest, user: CurrentUser, session: DbSession
 ) -> ConsultationView:
-    try:
-        consultation = request_consultation(
-            session,
-            user,
-            study_uid,
-            question=body.question,
-            opinion=body.opinion,
-            to_pool=body.to_pool,
-        )
-    except EscalationError as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+    consultation = request_consultation(
+        session, user, study_uid, question=body.question, opinion=body.opinion, to_pool=body.to_pool
+    )
     return _views(session, study_uid, [consultation])[0]
 
 
@@ -107,10 +98,7 @@ def post_consultation(
 def get_consultations(
     study_uid: StudyUID, user: CurrentUser, session: DbSession
 ) -> list[ConsultationView]:
-    try:
-        consultations = list(list_consultations(session, user, study_uid))
-    except EscalationError as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+    consultations = list(list_consultations(session, user, study_uid))
     return _views(session, study_uid, consultations)
 
 
@@ -126,10 +114,7 @@ def post_answer(
     user: CurrentUser,
     session: DbSession,
 ) -> ConsultationView:
-    try:
-        consultation = answer_consultation(
-            session, user, study_uid, consultation_id, answer=body.answer
-        )
-    except EscalationError as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+    consultation = answer_consultation(
+        session, user, study_uid, consultation_id, answer=body.answer
+    )
     return _views(session, study_uid, [consultation])[0]

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from remote_dx.api.deps import CurrentUser, DbSession
 from remote_dx.api.routers.verify import _jsonable
-from remote_dx.reporting.errors import ReportError
 from remote_dx.reporting.keys import load_signing_key
 from remote_dx.reporting.recognition import lookup
 
@@ -38,8 +37,5 @@ def recognition(
     issuer: Annotated[str | None, Query(max_length=64, description="Issuer of the ID")] = None,
 ) -> JSONResponse:
     key = load_signing_key(request.app.state.settings)
-    try:
-        answer = lookup(session, patient_id=patient_id, exam=exam, issuer=issuer, key=key)
-    except ReportError as exc:
-        raise HTTPException(exc.status_code, detail=str(exc)) from exc
+    answer = lookup(session, patient_id=patient_id, exam=exam, issuer=issuer, key=key)
     return JSONResponse(_jsonable(asdict(answer)))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from remote_dx.api.deps import AppSettings, CurrentUser, DbSession
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import Institution, Role, RoutingRuleSet, User
-from remote_dx.routing.escalation import EscalationError, routing_history
+from remote_dx.routing.escalation import routing_history
 from remote_dx.routing.route import active_rules, institution_codes
 from remote_dx.routing.rules import RuleSet, RuleSetError, load_rules
 from remote_dx.routing.schemas import DecisionView, PoolRef, RuleSetView
@@ -164,10 +164,7 @@ def _pool(pools: dict[int, Institution], pool_id: int | None) -> PoolRef | None:
 def get_routing_history(
     study_uid: StudyUID, user: CurrentUser, session: DbSession
 ) -> list[DecisionView]:
-    try:
-        decisions = routing_history(session, user, study_uid)
-    except EscalationError as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+    decisions = routing_history(session, user, study_uid)
     pools = {inst.id: inst for inst in session.scalars(select(Institution))}
     people = {
         uid: name
