@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from remote_dx.api.deps import CurrentUser, DbSession
+from remote_dx.core.models import User
 from remote_dx.reporting import service
-from remote_dx.reporting.errors import ReportError
+from remote_dx.reporting.errors import ReportConflict
 from remote_dx.reporting.keys import HubKey, load_signing_key
 from remote_dx.reporting.schemas import (
     AmendBody,
@@ -42,12 +45,23 @@ def signing_key(request: Request) -> HubKey:
 Key = Annotated[HubKey, Depends(signing_key)]
 
 
-def _fail(exc: ReportError | IntegrityError) -> HTTPException:
-    if isinstance(exc, IntegrityError):
+def _apply(
+    session: Session, user: User, study_uid: str, key: HubKey, step: Callable[[], object]
+) -> ReportView:
+    """Run one step on the report, commit it, and answer the report as it now stands.
+
+    A refusal of the service (ReportError) reaches the API's ServiceError handler; the request's
+    session is closed, and so rolled back, on the way out.
+    """
+    try:
+        step()
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
         # Two signatures of one report raced (SQLite has no row locks): one version number, one
         # report per study — the loser is told to look again.
-        return HTTPException(409, detail="the report changed meanwhile; reload it and retry")
-    return HTTPException(exc.status_code, detail=str(exc))
+        raise ReportConflict("the report changed meanwhile; reload it and retry") from exc
+    return service.report_view(session, user, study_uid, key=key)
 
 
 @router.get("/report-templates", summary="Report templates per exam, with their defaults")
@@ -61,10 +75,7 @@ def templates(_user: CurrentUser) -> list[TemplateView]:
     responses={404: ERRORS[404]},
 )
 def read_report(study_uid: StudyUID, user: CurrentUser, session: DbSession, key: Key) -> ReportView:
-    try:
-        return service.report_view(session, user, study_uid, key=key)
-    except ReportError as exc:
-        raise _fail(exc) from exc
+    return service.report_view(session, user, study_uid, key=key)
 
 
 @router.put(
@@ -75,13 +86,15 @@ def read_report(study_uid: StudyUID, user: CurrentUser, session: DbSession, key:
 def put_draft(
     study_uid: StudyUID, body: DraftBody, user: CurrentUser, session: DbSession, key: Key
 ) -> ReportView:
-    try:
-        service.save_draft(session, user, study_uid, content=body.content, template=body.template)
-        session.commit()
-        return service.report_view(session, user, study_uid, key=key)
-    except (ReportError, IntegrityError) as exc:
-        session.rollback()
-        raise _fail(exc) from exc
+    return _apply(
+        session,
+        user,
+        study_uid,
+        key,
+        lambda: service.save_draft(
+            session, user, study_uid, content=body.content, template=body.template
+        ),
+    )
 
 
 @router.post(
@@ -98,15 +111,15 @@ def sign(
     body: Annotated[SignBody | None, Body()] = None,
 ) -> ReportView:
     body = body or SignBody()
-    try:
-        service.sign(
+    return _apply(
+        session,
+        user,
+        study_uid,
+        key,
+        lambda: service.sign(
             session, user, study_uid, key=key, template=body.template, content=body.content
-        )
-        session.commit()
-        return service.report_view(session, user, study_uid, key=key)
-    except (ReportError, IntegrityError) as exc:
-        session.rollback()
-        raise _fail(exc) from exc
+        ),
+    )
 
 
 @router.post(
@@ -122,13 +135,13 @@ def confirm(
     body: Annotated[ConfirmBody | None, Body()] = None,
 ) -> ReportView:
     body = body or ConfirmBody()
-    try:
-        service.confirm(session, user, study_uid, key=key, content=body.content)
-        session.commit()
-        return service.report_view(session, user, study_uid, key=key)
-    except (ReportError, IntegrityError) as exc:
-        session.rollback()
-        raise _fail(exc) from exc
+    return _apply(
+        session,
+        user,
+        study_uid,
+        key,
+        lambda: service.confirm(session, user, study_uid, key=key, content=body.content),
+    )
 
 
 @router.post(
@@ -139,10 +152,12 @@ def confirm(
 def amend(
     study_uid: StudyUID, body: AmendBody, user: CurrentUser, session: DbSession, key: Key
 ) -> ReportView:
-    try:
-        service.amend(session, user, study_uid, key=key, content=body.content, reason=body.reason)
-        session.commit()
-        return service.report_view(session, user, study_uid, key=key)
-    except (ReportError, IntegrityError) as exc:
-        session.rollback()
-        raise _fail(exc) from exc
+    return _apply(
+        session,
+        user,
+        study_uid,
+        key,
+        lambda: service.amend(
+            session, user, study_uid, key=key, content=body.content, reason=body.reason
+        ),
+    )
