@@ -48,7 +48,7 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
-from remote_dx.worklist.schemas import Holder, LeaseView
+from remote_dx.worklist.schemas import Holder, LeaseView, iso_utc
 from remote_dx.worklist.service import READER_ROLES, visibility
 
 log = logging.getLogger(__name__)
@@ -205,8 +205,11 @@ def _holder_message(item: _Item) -> LeaseConflict:
     return LeaseConflict(
         f"study {item.study_uid} is being read by {item.holder_name} ({item.holder_username}) "
         f"until {until}",
-        claimed_by=Holder(username=item.holder_username or "", full_name=item.holder_name or ""),
-        lease_expires_at=item.lease_expires_at,
+        # Extras go into the 409 body as they are, so they are given in their wire form.
+        claimed_by=Holder(
+            username=item.holder_username or "", full_name=item.holder_name or ""
+        ).model_dump(),
+        lease_expires_at=iso_utc(item.lease_expires_at) if item.lease_expires_at else None,
     )
 
 

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 
 from remote_dx.api.deps import CurrentUser, DbSession
 from remote_dx.api.routers.studies import StudyUID
-from remote_dx.api.routers.worklist import lease_answer
 from remote_dx.worklist import alerts
 from remote_dx.worklist.schemas import AlertPage, AlertView
 from remote_dx.worklist.service import MAX_PAGE
@@ -75,7 +74,7 @@ def get_alerts(
 def get_alert(
     alert_id: Annotated[int, Path(ge=1)], user: CurrentUser, session: DbSession
 ) -> AlertView:
-    return lease_answer(lambda: alerts.get_alert(session, user, alert_id))
+    return alerts.get_alert(session, user, alert_id)
 
 
 @router.post(
@@ -90,9 +89,7 @@ def post_acknowledge(
     user: CurrentUser,
     session: DbSession,
 ) -> Any:
-    return lease_answer(
-        lambda: alerts.acknowledge(session, user, alert_id, name=body.name, note=body.note)
-    )
+    return alerts.acknowledge(session, user, alert_id, name=body.name, note=body.note)
 
 
 @router.post(
@@ -106,4 +103,4 @@ def post_study_alert(
     study_uid: StudyUID, body: RaiseAlert, user: CurrentUser, session: DbSession
 ) -> Any:
     reasons = [{"code": r.code, "zh": r.text, "en": r.en or r.text} for r in body.reasons]
-    return lease_answer(lambda: alerts.raise_alert(session, user, study_uid, reasons))
+    return alerts.raise_alert(session, user, study_uid, reasons)

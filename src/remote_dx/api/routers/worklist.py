@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from remote_dx.api.deps import AppSettings, CurrentUser, DbSession
@@ -14,7 +13,7 @@ from remote_dx.api.routers.studies import StudyUID
 from remote_dx.core.clock import SHANGHAI
 from remote_dx.core.models import Priority, WorklistStatus
 from remote_dx.worklist import lease
-from remote_dx.worklist.schemas import LeaseView, WorklistCounts, WorklistPage, iso_utc
+from remote_dx.worklist.schemas import LeaseView, WorklistCounts, WorklistPage
 from remote_dx.worklist.service import (
     MAX_PAGE,
     SORTS,
@@ -127,20 +126,6 @@ class ReassignRequest(BaseModel):
     user: str = Field(min_length=1, max_length=64, description="Username of the new reader")
 
 
-def lease_answer(call: Any) -> Any:
-    """``call()``, or the JSON error a :class:`lease.LeaseError` stands for (with its extra
-    fields, e.g. who holds the item)."""
-    try:
-        return call()
-    except lease.LeaseError as exc:
-        body: dict[str, Any] = {"detail": exc.message}
-        for key, value in exc.extra.items():
-            body[key] = value.model_dump() if isinstance(value, BaseModel) else value
-        if isinstance(body.get("lease_expires_at"), datetime):
-            body["lease_expires_at"] = iso_utc(body["lease_expires_at"])
-        return JSONResponse(body, status_code=exc.status_code)
-
-
 def _minutes(settings: Any) -> timedelta:
     return timedelta(minutes=settings.lease_minutes)
 
@@ -154,7 +139,7 @@ def _minutes(settings: Any) -> timedelta:
 def post_claim(
     study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
 ) -> Any:
-    return lease_answer(lambda: lease.claim(session, user, study_uid, lease=_minutes(settings)))
+    return lease.claim(session, user, study_uid, lease=_minutes(settings))
 
 
 @router.post(
@@ -166,7 +151,7 @@ def post_claim(
 def post_renew(
     study_uid: StudyUID, user: CurrentUser, session: DbSession, settings: AppSettings
 ) -> Any:
-    return lease_answer(lambda: lease.renew(session, user, study_uid, lease=_minutes(settings)))
+    return lease.renew(session, user, study_uid, lease=_minutes(settings))
 
 
 @router.post(
@@ -176,7 +161,7 @@ def post_renew(
     response_model=LeaseView,
 )
 def post_release(study_uid: StudyUID, user: CurrentUser, session: DbSession) -> Any:
-    return lease_answer(lambda: lease.release(session, user, study_uid))
+    return lease.release(session, user, study_uid)
 
 
 @router.post(
@@ -192,6 +177,4 @@ def post_reassign(
     session: DbSession,
     settings: AppSettings,
 ) -> Any:
-    return lease_answer(
-        lambda: lease.reassign(session, user, study_uid, body.user, lease=_minutes(settings))
-    )
+    return lease.reassign(session, user, study_uid, body.user, lease=_minutes(settings))
