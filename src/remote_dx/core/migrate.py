@@ -20,7 +20,9 @@ def alembic_config(settings: Settings | None = None) -> Config:
     return config
 
 
-def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
+def upgrade(settings: Settings | None = None, revision: str = "heads") -> None:
+    """Upgrade to every head: features may add migrations on parallel branches off one parent
+    until a merge revision joins them, and an install must get all of them either way."""
     settings = settings or get_settings()
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
