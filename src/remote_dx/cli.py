@@ -21,6 +21,9 @@ HttpPort = Annotated[int | None, typer.Option("--http-port", help="RDX_HTTP_PORT
 DicomPort = Annotated[int | None, typer.Option("--dicom-port", help="RDX_DICOM_PORT")]
 QuietSeconds = Annotated[float | None, typer.Option("--quiet-seconds", help="RDX_QUIET_SECONDS")]
 Demo = Annotated[bool | None, typer.Option("--demo/--no-demo", help="RDX_DEMO")]
+MetricsPort = Annotated[
+    int | None, typer.Option("--metrics-port", help="serve Prometheus /metrics on this port")
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -74,11 +77,14 @@ def scp(
             help="receiver processes sharing the port (SO_REUSEPORT); default 1",
         ),
     ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run only the DICOM receiver (scale-out: several behind a load balancer)."""
+    settings = _settings(data_dir=data_dir, dicom_port=dicom_port)
+    _start_metrics(settings, metrics_port, "scp")
     from remote_dx.ingest.dicom_scp import run_receiver
 
-    run_receiver(_settings(data_dir=data_dir, dicom_port=dicom_port), processes=processes or 1)
+    run_receiver(settings, processes=processes or 1)
 
 
 @app.command()
@@ -93,11 +99,14 @@ def api(data_dir: DataDir = None, http_port: HttpPort = None) -> None:
 def worker(
     data_dir: DataDir = None,
     concurrency: Annotated[int | None, typer.Option(help="RDX_WORKER_CONCURRENCY")] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run a Celery worker (with the study sweeper) against RDX_BROKER_URL."""
+    settings = _settings(data_dir=data_dir, worker_concurrency=concurrency)
+    _start_metrics(settings, metrics_port, "worker")
     from remote_dx.tasks import run_worker
 
-    run_worker(_settings(data_dir=data_dir, worker_concurrency=concurrency))
+    run_worker(settings)
 
 
 @app.command()
@@ -251,6 +260,89 @@ def network_load(
         f"{len(data.get(k) or [])} {k}" for k in ("institutions", "devices", "users")
     )
     typer.echo(f"network loaded from {path}: {counts}")
+
+
+def _start_metrics(settings: Settings, port: int | None, kind: str) -> None:
+    """``--metrics-port``: multi-process metrics for this command's processes (children included:
+    receiver processes, prefork workers), in RDX_METRICS_DIR or a fresh folder under data_dir."""
+    if port is None:
+        return
+    import shutil
+
+    folder = settings.metrics_dir or settings.data_dir / "metrics" / f"{kind}-{os.getpid()}"
+    if settings.metrics_dir is None:
+        shutil.rmtree(folder, ignore_errors=True)  # a previous run's counts are not ours
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = _settings(metrics_dir=folder)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    from remote_dx.core.db import get_sessionmaker
+    from remote_dx.ops.metrics import serve_metrics
+
+    serve_metrics(port, get_sessionmaker(settings))
+
+
+@app.command()
+def fsck(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="re-index orphans, quarantine, mark missing")
+    ] = False,
+    checksums: Annotated[
+        bool, typer.Option("--checksums/--no-checksums", help="read and hash every object")
+    ] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Check the object store against the index, both ways (exit 1 if problems remain)."""
+    from remote_dx.core.db import get_sessionmaker
+    from remote_dx.ops.fsck import fsck as run_fsck
+    from remote_dx.storage.factory import get_store
+
+    settings = _settings(data_dir=data_dir)
+    report = run_fsck(
+        get_store(settings),
+        get_sessionmaker(settings),
+        repair=repair,
+        checksums=checksums,
+        progress=lambda finding: typer.echo(finding.line()),
+    )
+    typer.echo(report.summary())
+    raise typer.Exit(1 if report.unrepaired else 0)
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="new folder for the backup")],
+    data_dir: DataDir = None,
+) -> None:
+    """Back up the database, every object and the hub's secrets (see docs/operations.md)."""
+    from remote_dx.ops.backup import BackupError
+    from remote_dx.ops.backup import backup as run_backup
+
+    try:
+        result = run_backup(_settings(data_dir=data_dir), dest)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"backup in {result.path}: {result.database} database, {result.objects} objects "
+        f"({result.bytes} bytes), files {', '.join(result.files) or 'none'}"
+    )
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Argument(help="a folder written by `remote-dx backup`")],
+    data_dir: DataDir = None,
+) -> None:
+    """Restore a backup into a new hub (new data dir / empty database), then run fsck."""
+    from remote_dx.ops.backup import BackupError
+    from remote_dx.ops.backup import restore as run_restore
+
+    try:
+        result = run_restore(_settings(data_dir=data_dir), source)
+    except (BackupError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"restored {result.database} database and {result.objects} objects")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,6 +65,9 @@ def seed_demo(settings: Settings) -> list[str]:
 
 
 def _configure_logging(settings: Settings) -> None:
+    from remote_dx.ops.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)  # RDX_LOG_FORMAT=json
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=settings.log_level.upper(),
@@ -110,6 +113,7 @@ def _serve_http(settings: Settings) -> None:
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

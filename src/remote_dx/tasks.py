@@ -62,6 +62,7 @@ from remote_dx.ingest.study import (
     start_run,
     sweep_ready_studies,
 )
+from remote_dx.ops import worker_hooks as _ops_hooks
 from remote_dx.routing.escalation import escalate_overdue
 from remote_dx.storage.factory import get_store, reset_stores
 
@@ -485,6 +486,9 @@ def _on_worker_process_init(**_: Any) -> None:
     core_db._sessionmakers.clear()
     reset_stores()
 
+
+# Task outcome counters and the task's study in the log context (issue 7, operations).
+_ops_hooks.install_celery_hooks()
 
 # ``celery -A remote_dx.tasks worker`` imports this module and nothing else: configure from the
 # environment now (folders are made when a worker starts, not on every import).

@@ -24,6 +24,7 @@ from remote_dx.api.routers import (
     ecg,
     events,
     health,
+    metrics,
     recognition,
     report_exports,
     reports,
@@ -36,6 +37,7 @@ from remote_dx.api.security import load_jwt_secret
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, ServiceError, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
+from remote_dx.ops.http import RequestContextMiddleware
 from remote_dx.storage.factory import get_store
 
 log = logging.getLogger(__name__)
@@ -132,8 +134,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(RequestContextMiddleware)  # outermost: request id, metrics, access log
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(auth.router)
     app.include_router(events.router)  # before worklist: /worklist/events is a fixed path
     app.include_router(worklist.router)

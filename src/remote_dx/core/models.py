@@ -245,6 +245,9 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Issue 7: set by `remote-dx fsck --repair` when the object is gone or corrupt (migration
+    # 0005_ops); cleared when fsck finds it whole again (restored from a backup, re-sent).
+    missing_at: Mapped[datetime | None]
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

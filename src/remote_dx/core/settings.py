@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     demo: bool = False
     routing_file: Path | None = None
     log_level: str = "INFO"
+    # Operations (issue 7): "json" = one JSON object per log line; metrics across processes.
+    log_format: Literal["text", "json"] = "text"
+    metrics_dir: Path | None = Field(
+        None, description="Prometheus multi-process folder shared by this host's processes."
+    )
 
     @property
     def resolved_database_url(self) -> str:

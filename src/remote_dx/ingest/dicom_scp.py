@@ -50,6 +50,8 @@ from remote_dx.ingest.transport import (
     ReuseportServer,
     set_tcp_nodelay,
 )
+from remote_dx.ops.logging import configure_logging
+from remote_dx.ops.metrics import instrument_store
 from remote_dx.storage.base import ObjectStore
 from remote_dx.storage.factory import get_store
 
@@ -148,7 +150,7 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_C_ECHO, self.on_echo),
-            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_STORE, instrument_store(self.on_store)),  # rdx_cstore_* metrics
             (evt.EVT_RELEASED, self.on_ended),
             (evt.EVT_ABORTED, self.on_ended),
             (evt.EVT_CONN_CLOSE, self.on_closed),
@@ -472,6 +474,7 @@ def _receiver_process(settings: Settings) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format)  # RDX_LOG_FORMAT=json
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=settings.log_level.upper(),
