@@ -201,3 +201,45 @@ def test_ludb_paced_records(record: int) -> None:
 
 def test_sinus_record_is_not_paced() -> None:
     assert analyze(ludb(99)).rhythm != "paced"  # sharp, narrow QRS but no pacing spike
+
+
+def periodic_ecg(beats: int = 10, fs: int = FS) -> ECG:
+    """A sample-exact periodic ECG: one noiseless beat repeated, each lead's waves pointing one
+    way, so its flat baseline *is* the lead's extreme for most samples (as in synthetic test
+    signals and some simulators' output)."""
+    beat = np.zeros(fs, dtype=np.float32)
+    t = np.arange(fs) / fs
+    for centre, width, amp in ((0.20, 0.025, 0.12), (0.45, 0.010, 1.0), (0.75, 0.045, 0.3)):
+        beat += (amp * np.exp(-(((t - centre) / width) ** 2) / 2)).astype(np.float32)
+    beat[np.abs(beat) < 1e-4] = 0.0  # exactly flat between the waves
+    gains = {"I": 0.6, "II": 1.0, "V1": -0.8, "V2": -0.5, "V4": 1.2, "V6": 0.9}
+    leads = {n: np.tile(g * beat, beats).astype(np.float32) for n, g in gains.items()}
+    return ECG(leads=leads, sampling_rate=fs)
+
+
+def test_periodic_synthetic_ecg_is_not_saturated() -> None:
+    """Regression: a flat baseline that happens to be the lead's minimum is not clipping."""
+    ecg = periodic_ecg()
+    # The precondition of the old false positive: far more than 1 % of samples at the extreme.
+    assert all(max((v == v.min()).mean(), (v == v.max()).mean()) > 0.2 for v in ecg.leads.values())
+    res = analyze(ecg)
+    problems = {n: q["problems"] for n, q in res.quality["leads"].items()}
+    assert not any("saturation" in p for p in problems.values()), problems
+    assert res.quality["technically_unsatisfactory"] is False
+    assert res.heart_rate == pytest.approx(60, abs=1)
+
+
+def test_clipped_and_railed_leads_are_saturated() -> None:
+    ecg = twelve_lead(70, seed=2)
+    v2 = ecg.leads["V2"]
+    ecg.leads["V2"] = np.clip(v2, None, 0.5 * v2.max()).astype(np.float32)  # R tops cut off
+    v5 = ecg.leads["V5"]
+    railed = np.full_like(v5, 5.0)  # amplifier at its rail, one stretch of signal
+    railed[2000:2400] = v5[2000:2400]
+    ecg.leads["V5"] = railed
+    res = analyze(ecg)
+    assert res.quality["leads"]["V2"]["problems"] == ["saturation"]
+    assert res.quality["leads"]["V5"]["problems"] == ["saturation"]
+    assert res.quality["leads"]["II"]["grade"] != "unusable"
+    assert res.quality["technically_unsatisfactory"] is True
+    assert any(r.startswith("saturation") and "V2" in r for r in res.quality["reasons"])

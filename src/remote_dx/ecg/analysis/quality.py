@@ -15,7 +15,9 @@ import numpy as np
 from remote_dx.ecg.analysis.preprocess import Array, filt
 
 FLAT_PTP_MV = 0.05  # a connected lead shows at least QRS-sized deflections
-SATURATION_SHARE = 0.01  # ≥ 1 % of samples pinned at the extreme value
+SATURATION_SHARE = 0.01  # ≥ 1 % of samples pinned at the extreme value ...
+CLIP_EXCURSION = 0.25  # ... an extreme this share of the range away from the median ...
+RAIL_HOLD_S = 1.5  # ... or held unchanged this long
 NOISE_FAIR_MV = 0.05  # RMS above 40 Hz
 NOISE_POOR_MV = 0.15
 WANDER_FAIR_MV = 1.0  # peak-to-peak below 0.5 Hz
@@ -57,18 +59,41 @@ class Quality:
         }
 
 
-def _pinned_share(x: Array) -> np.ndarray:
-    """Share of samples sitting exactly at the lead's own max or min (clipped ADC)."""
+def _longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D boolean array."""
+    if not mask.any():
+        return 0
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+
+
+def _saturated(x: Array, fs: float) -> np.ndarray:
+    """Per lead: clipped at an ADC / amplifier rail.
+
+    A clipped wave sits at the lead's own extreme for many samples (≥ ``SATURATION_SHARE``), and
+    that extreme is an excursion away from the baseline (the lead's median): the top of a
+    truncated R or T. A flat baseline that happens to be the extreme — every sample-exact
+    periodic synthetic ECG whose waves all point one way — is not clipping. A lead held at the
+    rail (electrode off, DC offset beyond the input range) is: its extreme is its baseline, but
+    it stays there unchanged for ``RAIL_HOLD_S`` or longer, which no ECG baseline does.
+    """
     hi = x.max(axis=1, keepdims=True)
     lo = x.min(axis=1, keepdims=True)
-    at_hi = (x == hi).sum(axis=1)
-    at_lo = (x == lo).sum(axis=1)
-    return np.maximum(at_hi, at_lo) / x.shape[1]
+    med = np.median(x, axis=1, keepdims=True)
+    span = np.maximum(hi - lo, 1e-12)
+    out = np.zeros(x.shape[0], dtype=bool)
+    for ext in (hi, lo):
+        at = x == ext
+        share = at.sum(axis=1) / x.shape[1]
+        excursion = np.abs(ext - med)[:, 0] >= CLIP_EXCURSION * span[:, 0]
+        held = np.array([_longest_run(row) >= RAIL_HOLD_S * fs for row in at])
+        out |= (share >= SATURATION_SHARE) & (excursion | held)
+    return out
 
 
 def assess(names: list[str], raw: Array, fs: float) -> Quality:
     ptp = np.percentile(raw, 99.5, axis=1) - np.percentile(raw, 0.5, axis=1)
-    pinned = _pinned_share(raw)
+    saturated = _saturated(raw, fs)
     hf = raw - filt(raw, fs, "lowpass", 40.0) if fs > 90 else np.zeros_like(raw)
     noise = np.sqrt(np.mean(hf**2, axis=1))
     low = filt(raw, fs, "lowpass", 0.5)
@@ -80,7 +105,7 @@ def assess(names: list[str], raw: Array, fs: float) -> Quality:
         if ptp[i] < FLAT_PTP_MV:
             problems.append("lead_off")
             grade = "unusable"
-        elif pinned[i] >= SATURATION_SHARE and ptp[i] > 0:
+        elif saturated[i]:
             problems.append("saturation")
             grade = "unusable"
         else:
