@@ -47,6 +47,7 @@ from remote_dx.core.models import (
     StudyStatus,
     TaskRun,
 )
+from remote_dx.dicomweb.metadata import precompute_study as precompute_metadata
 from remote_dx.ecg.service import ECGOutcome, analyse_waveform, is_ecg_sop_class, record_analysis
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
 from remote_dx.ingest.validation import validate_study
@@ -176,6 +177,9 @@ def process_study(
             problems.append(f"No preview could be made: {exc}")
     elif headers:
         problems.append("No preview: the study holds neither images nor waveforms")
+
+    # DICOMweb metadata from the headers already read (never fails the processing).
+    precompute_metadata(store, study_uid, headers)
 
     priority = header_priority(headers)
     priority_source = "header"

@@ -21,6 +21,7 @@ from remote_dx.api.routers import (
     alerts,
     auth,
     consultations,
+    dicomweb,
     ecg,
     events,
     health,
@@ -64,6 +65,7 @@ OPENAPI_TAGS = [
     {"name": "reports", "description": "Report templates, drafts, sign, confirm, amend"},
     {"name": "recognition", "description": "结果互认: a patient's recognisable signed results"},
     {"name": "verify", "description": "Check a printed report by its code (no login)"},
+    {"name": "dicomweb", "description": "DICOMweb (PS3.18): QIDO-RS, WADO-RS, WADO-URI, STOW-RS"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -150,4 +152,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(recognition.router)
     app.include_router(verify.router)
+    app.include_router(dicomweb.router)
     return app

@@ -171,7 +171,8 @@ class Patient(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     issuer: Mapped[str] = mapped_column(String(64))
-    patient_id: Mapped[str] = mapped_column(String(64))
+    # Indexed alone too: QIDO-RS matches PatientID across issuers (migration 0005_dicomweb).
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     birth_date: Mapped[str | None] = mapped_column(String(8))
     sex: Mapped[str | None] = mapped_column(String(2))
@@ -192,6 +193,9 @@ class Study(Base):
     modalities: Mapped[str | None] = mapped_column(String(64))
     body_part: Mapped[str | None] = mapped_column(String(64))
     character_set: Mapped[str | None] = mapped_column(String(128))
+    # QIDO-RS return keys (PS3.18 Table 10.6.3-3), migration 0005_dicomweb.
+    referring_physician: Mapped[str | None] = mapped_column(String(200))
+    dicom_study_id: Mapped[str | None] = mapped_column(String(16))
 
     status: Mapped[StudyStatus] = mapped_column(
         _enum(StudyStatus), default=StudyStatus.RECEIVING, index=True
@@ -245,6 +249,10 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Image geometry for QIDO-RS instance queries and WADO-RS frame numbers (migration 0005).
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
     # Issue 7: set by `remote-dx fsck --repair` when the object is gone or corrupt (migration
     # 0005_ops); cleared when fsck finds it whole again (restored from a backup, re-sent).
     missing_at: Mapped[datetime | None]

@@ -154,6 +154,8 @@ _HEADER_KEYWORDS = (
     "StudyDate",
     "StudyTime",
     "StudyDescription",
+    "ReferringPhysicianName",
+    "StudyID",
     "Modality",
     "SeriesNumber",
     "SeriesDescription",
@@ -358,6 +360,9 @@ class _InstanceRow:
                 "study_date": str(ds.get("StudyDate") or "") or None,
                 "study_time": str(ds.get("StudyTime") or "") or None,
                 "description": decode_element(ds, "StudyDescription"),
+                # QIDO-RS return keys (migration 0005_dicomweb).
+                "referring_physician": _clip(decode_element(ds, "ReferringPhysicianName"), 200),
+                "dicom_study_id": _clip(str(ds.get("StudyID") or "") or None, 16),
                 "revision": 0,
                 "num_instances": 0,
             },
@@ -377,6 +382,9 @@ class _InstanceRow:
                 "size_bytes": size,
                 "sha256": sha256,
                 "calling_ae": sender.ae_title,
+                "rows": _int(ds.get("Rows")),
+                "columns": _int(ds.get("Columns")),
+                "number_of_frames": _int(ds.get("NumberOfFrames")),
             },
         )
 
@@ -541,3 +549,7 @@ def _int(value: object) -> int | None:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value else None

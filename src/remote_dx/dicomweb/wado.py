@@ -1,0 +1,385 @@
+"""WADO-RS retrieve (PS3.18 §10.4): instances, frames, bulk data, rendered images, thumbnails.
+
+Transfer syntaxes (PS3.18 §8.7.3.5): instances and frames come as stored when the client accepts
+``transfer-syntax=*`` (or names the stored one); asking for Explicit VR Little Endian
+(``1.2.840.10008.1.2.1``, also the default of ``application/octet-stream`` frames) gets compressed
+pixel data decoded with pydicom's plugins (pylibjpeg, GDCM; what :mod:`remote_dx.imaging` decodes).
+A compressed frame may also be asked for by its own media type (``image/jpeg``, ``image/jls``,
+``image/jp2``, ``image/dicom-rle``) when that is how it is stored. Anything else: 406.
+
+Rendered resources (§10.4.1.1.3 / §8.3.5.1.3) follow PS3.3 C.11: Modality LUT, then the VOI
+window from the ``window=center,width[,function]`` parameter, else from the header, else the
+0.5–99.5 percentile range; MONOCHROME1 is inverted. ``viewport=width,height`` scales the image to
+fit; ``quality`` sets the JPEG quality. ECG and other waveforms render as
+:func:`remote_dx.imaging.preview.waveform_preview` draws them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+from remote_dx.core.errors import Invalid, NotFound
+from remote_dx.dicomweb.access import InstanceRef
+from remote_dx.dicomweb.multipart import BadRequest, NotAcceptable, parse_accept
+from remote_dx.imaging.preview import has_waveform, waveform_preview
+from remote_dx.storage.base import ObjectStore
+
+EXPLICIT_LE = str(ExplicitVRLittleEndian)
+OCTET = "application/octet-stream"
+DICOM = "application/dicom"
+
+# PS3.18 Table 8.7.3-2: media types of compressed frames.
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_NATIVE_LE = {"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.1.99"}
+
+
+class RenderError(Invalid):
+    """The instance has nothing that can be rendered (422)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one retrieve answers with: part media type, its transfer syntax, and whether the
+    stored bytes must be decoded first."""
+
+    media_type: str
+    transfer_syntax: str
+    transcode: bool
+
+
+def _is_native_le(syntax: str) -> bool:
+    return syntax in _NATIVE_LE
+
+
+def frame_plan(accept: str | None, stored: str) -> Plan:
+    """Negotiate the frames' representation (PS3.18 §8.7.3.5, Table 8.7.3-5)."""
+    # "As stored": native little endian frames are Explicit VR LE bytes whatever the data set's
+    # encoding; big endian ones are swapped; compressed ones go out untouched.
+    if _is_native_le(stored):
+        stored_plan = Plan(OCTET, EXPLICIT_LE, False)
+    elif stored == str(ExplicitVRBigEndian):
+        stored_plan = Plan(OCTET, EXPLICIT_LE, True)
+    else:
+        stored_plan = Plan(OCTET, stored, False)
+    uncompressed = Plan(OCTET, EXPLICIT_LE, not _is_native_le(stored))
+    for media in parse_accept(accept):
+        if media.type in ("*/*", "multipart/*"):
+            return stored_plan
+        if not media.is_multipart:
+            continue
+        part = media.part_type or OCTET
+        syntax = media.transfer_syntax
+        if part in (OCTET, "*/*", "application/*"):
+            if syntax == "*":
+                return stored_plan
+            if syntax in (None, EXPLICIT_LE):
+                return uncompressed
+            if syntax == stored:
+                return stored_plan
+            continue
+        own = FRAME_MEDIA_TYPES.get(stored)
+        if own is not None and part == own and syntax in (None, "*", stored):
+            return Plan(own, stored, False)
+    raise NotAcceptable(
+        'frames are available as multipart/related; type="application/octet-stream" with '
+        f"transfer-syntax=* (stored: {stored}) or {EXPLICIT_LE}"
+    )
+
+
+def instance_plan(accept: str | None, stored: str) -> Plan:
+    """Negotiate whole-instance retrieval: ``multipart/related; type="application/dicom"``."""
+    for media in parse_accept(accept):
+        if media.type in ("*/*", "multipart/*"):
+            return Plan(DICOM, stored, False)
+        if not media.is_multipart or media.part_type not in (None, DICOM, "*/*", "application/*"):
+            continue
+        syntax = media.transfer_syntax
+        # No transfer-syntax parameter: as stored, as most archives answer (the standard's default
+        # for application/dicom is Explicit VR Little Endian; ask for it to get it).
+        if syntax in (None, "*", stored):
+            return Plan(DICOM, stored, False)
+        if syntax == EXPLICIT_LE:
+            return Plan(DICOM, EXPLICIT_LE, True)
+    raise NotAcceptable(
+        'instances are available as multipart/related; type="application/dicom" '
+        f"(transfer-syntax=* or {EXPLICIT_LE})"
+    )
+
+
+def load(store: ObjectStore, ref: InstanceRef) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(store.get(ref.object_key)))
+
+
+def instance_bytes(store: ObjectStore, ref: InstanceRef, plan: Plan) -> bytes:
+    data = store.get(ref.object_key)
+    if not plan.transcode or ref.transfer_syntax_uid == EXPLICIT_LE:
+        return data
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if UID(ref.transfer_syntax_uid).is_encapsulated:
+        try:
+            ds.decompress()
+        except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+            raise NotAcceptable(f"cannot decode {ref.transfer_syntax_uid}: {exc}") from exc
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return out.getvalue()
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """``1,3,5`` → [1, 3, 5] (PS3.18 §10.4.1.1.4; frames are numbered from 1)."""
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise BadRequest(f"frame numbers are whole numbers from 1; got {item!r}")
+        numbers.append(int(item))
+    return numbers
+
+
+def frame_count(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def frames(ds: Dataset, numbers: Sequence[int], plan: Plan) -> list[bytes]:
+    """The requested frames' bytes as ``plan`` says (stored or decoded)."""
+    if "PixelData" not in ds:
+        raise NotFound("the instance has no pixel data, so no frames")
+    count = frame_count(ds)
+    for number in numbers:
+        if number > count:
+            raise NotFound(f"frame {number} not found: the instance has {count}")
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if plan.transcode:
+        return [_decoded_frame(ds, number - 1) for number in numbers]
+    if syntax.is_encapsulated:
+        if count == 1:
+            return [b"".join(generate_frames(ds.PixelData, number_of_frames=1))]
+        wanted = set(numbers)
+        found: dict[int, bytes] = {}
+        for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=count), 1):
+            if index in wanted:
+                found[index] = frame
+            if len(found) == len(wanted):
+                break
+        return [found[n] for n in numbers]
+    size = _native_frame_size(ds)
+    data = ds.PixelData
+    return [bytes(data[(n - 1) * size : n * size]) for n in numbers]
+
+
+def _native_frame_size(ds: Dataset) -> int:
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    return (rows * columns * samples * bits + 7) // 8
+
+
+def _decoded_frame(ds: Dataset, index: int) -> bytes:
+    try:
+        arr = pixel_array(ds, index=index) if frame_count(ds) > 1 else ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise NotAcceptable(
+            f"cannot decode {ds.file_meta.TransferSyntaxUID} to {EXPLICIT_LE}: {exc}"
+        ) from exc
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def bulk_value(ds: Dataset, path: str) -> bytes:
+    """The value of the element at a tag path (``7FE00010``, ``54000100/0/54001010``)."""
+    parts = path.strip("/").split("/")
+    node: Any = ds
+    try:
+        for position, part in enumerate(parts):
+            if position % 2 == 1:
+                node = node[int(part)]
+                continue
+            element = node[int(part, 16)]
+            node = element.value
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise NotFound(f"no bulk data at {path}") from None
+    if not isinstance(node, bytes | bytearray):
+        raise NotFound(f"{path} is not a bulk data element")
+    return bytes(node)
+
+
+# -- rendered ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    media_type: str = "image/jpeg"
+    window: tuple[float, float, str] | None = None  # center, width, function
+    viewport: tuple[int, int] | None = None
+    quality: int = 90
+
+
+def render_options(
+    accept: str | None,
+    window: str | None = None,
+    viewport: str | None = None,
+    quality: str | None = None,
+    default_viewport: tuple[int, int] | None = None,
+) -> RenderOptions:
+    """Parse the rendered resource's Accept and query parameters (PS3.18 §8.3.5.1.3)."""
+    media_type = None
+    for media in parse_accept(accept):
+        for candidate in ("image/jpeg", "image/png"):
+            if media.matches(candidate):
+                media_type = candidate
+                break
+        if media_type:
+            break
+    if media_type is None:
+        raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+    parsed_window = None
+    if window:
+        items = [w.strip() for w in window.split(",")]
+        try:
+            center, width = float(items[0]), float(items[1])
+        except (IndexError, ValueError):
+            raise BadRequest("window must be center,width[,function]") from None
+        function = items[2].upper() if len(items) > 2 and items[2] else "LINEAR"
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0:
+            raise BadRequest("window function is linear, linear-exact or sigmoid; width > 0")
+        parsed_window = (center, width, function)
+    size = default_viewport
+    if viewport:
+        items = viewport.split(",")
+        try:
+            size = (int(items[0]), int(items[1] if len(items) > 1 else items[0]))
+        except ValueError:
+            raise BadRequest("viewport must be width,height") from None
+        if not (0 < size[0] <= 8192 and 0 < size[1] <= 8192):
+            raise BadRequest("viewport sides must be 1…8192 pixels")
+    q = 90
+    if quality:
+        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+            raise BadRequest("quality must be 1…100")
+        q = int(quality)
+    return RenderOptions(media_type, parsed_window, size, q)
+
+
+def _first(value: object) -> float:
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _voi(values: np.ndarray, ds: Dataset, window: tuple[float, float, str] | None) -> np.ndarray:
+    """Modality values → [0, 1] (PS3.3 C.11.2.1.2 linear, C.11.2.1.3 sigmoid, LINEAR_EXACT)."""
+    if window is None and ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            if math.isfinite(c) and math.isfinite(w) and w >= 1:
+                window = (c, w, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+        except (TypeError, ValueError, IndexError):
+            window = None
+    if window is None:
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return np.zeros_like(values)
+        low, high = np.percentile(finite, [0.5, 99.5])
+        if high <= low:
+            low, high = float(finite.min()), float(finite.max())
+        if high <= low:
+            return np.zeros_like(values)
+        return np.clip((values - low) / (high - low), 0.0, 1.0)
+    c, w, function = window
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    if function == "LINEAR_EXACT" or w <= 1:
+        return np.clip((values - (c - w / 2)) / w, 0.0, 1.0)
+    return np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+
+
+def render(ds: Dataset, frame: int, options: RenderOptions) -> bytes:
+    """One frame (from 1) as a JPEG or PNG. Raises RenderError, NotFound."""
+    if "PixelData" in ds:
+        image = _image(ds, frame, options.window)
+    elif has_waveform(ds):
+        try:
+            image = waveform_preview(ds, width=max(options.viewport or (1024, 0)))
+        except Exception as exc:
+            raise RenderError(f"cannot render the waveform: {exc}") from exc
+    else:
+        raise RenderError("the instance has neither pixel data nor a waveform to render")
+    if options.viewport is not None:
+        image.thumbnail(options.viewport, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if options.media_type == "image/png":
+        image.save(out, format="PNG", compress_level=3)
+    else:
+        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+            out, format="JPEG", quality=options.quality
+        )
+    return out.getvalue()
+
+
+def _image(ds: Dataset, frame: int, window: tuple[float, float, str] | None) -> Image.Image:
+    count = frame_count(ds)
+    if frame > count:
+        raise NotFound(f"frame {frame} not found: the instance has {count}")
+    try:
+        arr = pixel_array(ds, index=frame - 1) if count > 1 else ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise RenderError(f"cannot decode the pixel data: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:
+        top = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / top if top > 255.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="RGB")
+    values = apply_modality_lut(arr, ds).astype(np.float32)
+    display = _voi(values, ds, window)
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    return Image.fromarray((display * 255.0 + 0.5).astype(np.uint8), mode="L")
+
+
+def representative(refs: Sequence[InstanceRef]) -> InstanceRef:
+    """The instance a series' or study's thumbnail shows: the middle one of the largest series."""
+    by_series: dict[str, list[InstanceRef]] = {}
+    for ref in refs:
+        by_series.setdefault(ref.series_uid, []).append(ref)
+    largest = max(by_series.values(), key=len)
+    return largest[len(largest) // 2]
+
+
+def iter_instances(
+    store: ObjectStore, refs: Sequence[InstanceRef], plan: Plan
+) -> Iterator[tuple[bytes, dict[str, str]]]:
+    for ref in refs:
+        syntax = plan.transfer_syntax if plan.transcode else ref.transfer_syntax_uid
+        yield (
+            instance_bytes(store, ref, plan),
+            {"Content-Type": f"{DICOM}; transfer-syntax={syntax}"},
+        )
