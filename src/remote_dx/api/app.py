@@ -35,6 +35,7 @@ from remote_dx.api.routers import (
     worklist,
 )
 from remote_dx.api.security import load_jwt_secret
+from remote_dx.api.viewer_static import mount_viewer
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, ServiceError, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
@@ -153,4 +154,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognition.router)
     app.include_router(verify.router)
     app.include_router(dicomweb.router)
+    mount_viewer(app)  # the browser viewer at / when viewer/dist is built; steps aside for routes
     return app
