@@ -140,6 +140,15 @@ class Device(Base):
     # SHA-256 (hex) of the device's HTTP API key (``X-Device-Key``); the key itself is shown once
     # when made and never stored. Keys are 32 random bytes, so a plain hash cannot be brute-forced.
     api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    # DICOM node settings (migration 0005_dicom_nodes): where this AE listens, so it can be a
+    # C-MOVE destination (PS3.4 C.4.2.1.4.2); the source addresses (IPs or CIDR networks) it may
+    # associate from (None or empty: any); and its share of the receiver, so one broken modality
+    # cannot starve the others (None: no limit of its own).
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    allowed_addresses: Mapped[list[str] | None] = mapped_column(JSON)
+    max_associations: Mapped[int | None] = mapped_column(Integer)
+    max_instances_per_second: Mapped[float | None] = mapped_column(Float)
 
     institution: Mapped[Institution] = relationship()
 

@@ -7,6 +7,7 @@ rows are matched by institution code, AE title and username and updated in place
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,40 @@ from remote_dx.core.security import hash_password
 
 class NetworkFileError(ValueError):
     """The network file is malformed; the message names the offending entry."""
+
+
+#: Modality recorded for a ``nodes`` entry (a PACS or workstation, not an acquisition device).
+NODE_MODALITY = "PACS"
+
+
+def _apply_dicom_node(device: Device, entry: dict[str, Any]) -> None:
+    """The optional DICOM settings of a device entry: listening address and receiver limits.
+
+    ``host``/``port`` make the AE a C-MOVE destination; ``allowed_addresses`` (IP addresses or
+    CIDR networks) restricts where it may associate from; ``max_associations`` and
+    ``max_instances_per_second`` cap its share of the receiver.
+    """
+    port = entry.get("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} out of range")
+    device.host = entry.get("host")
+    device.port = None if port is None else int(port)
+    if (device.host is None) != (device.port is None):
+        raise ValueError("host and port go together")
+    allowed = entry.get("allowed_addresses")
+    if allowed is not None:
+        if isinstance(allowed, str):
+            allowed = [allowed]
+        for address in allowed:
+            ipaddress.ip_network(str(address), strict=False)  # ValueError names the bad one
+        allowed = [str(address) for address in allowed]
+    device.allowed_addresses = allowed or None
+    limit = entry.get("max_associations")
+    device.max_associations = None if limit is None else int(limit)
+    rate = entry.get("max_instances_per_second")
+    device.max_instances_per_second = None if rate is None else float(rate)
+    if (device.max_associations or 1) < 1 or (device.max_instances_per_second or 1) <= 0:
+        raise ValueError("limits must be positive")
 
 
 def load_network_file(path: Path) -> dict[str, Any]:
@@ -62,19 +97,27 @@ def apply_network(session: Session, data: dict[str, Any], *, with_passwords: boo
     session.flush()
 
     devices = {d.ae_title: d for d in session.scalars(select(Device))}
-    for entry in data.get("devices", []):
+    # ``nodes`` are DICOM applications that query and retrieve rather than acquire (a county
+    # PACS, a reading workstation); they are devices whose modality defaults to "PACS".
+    entries = [(entry, None) for entry in data.get("devices", [])]
+    entries += [(entry, NODE_MODALITY) for entry in data.get("nodes", [])]
+    for entry, default_modality in entries:
         try:
             ae = entry["ae_title"]
             if len(ae) > 16:
                 raise NetworkFileError(f"device {ae}: AE titles have at most 16 characters")
             device = devices.get(ae) or Device(ae_title=ae)
             device.name = entry.get("name", ae)
-            device.modality = entry["modality"]
+            device.modality = entry.get("modality", default_modality) or entry["modality"]
             device.institution = by_code[entry["institution"]]
             device.enabled = entry.get("enabled", True)
+            _apply_dicom_node(device, entry)
         except KeyError as exc:
             raise NetworkFileError(f"device {entry!r}: missing or unknown {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise NetworkFileError(f"device {entry!r}: {exc}") from exc
         session.add(device)
+        devices[ae] = device
 
     users = {u.username: u for u in session.scalars(select(User))}
     for entry in data.get("users", []):

@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     dicom_max_associations: int = 32
+    # DICOM security (issue 7): TLS on the receiver (PS3.15 Annex B.1, the Basic TLS Secure
+    # Transport profile) when a certificate and key are given; with a CA, peers must present a
+    # certificate it signed. Per-device limits apply where the device row sets none (0: none).
+    dicom_tls_cert: Path | None = Field(
+        None, description="PEM certificate: the receiver speaks TLS."
+    )
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = Field(
+        None, description="PEM CA bundle: peers must present a certificate it signed."
+    )
+    dicom_device_max_associations: int = Field(
+        0, description="Concurrent associations per device (0: no limit; the device may set one)."
+    )
+    dicom_device_max_instances_per_second: float = Field(
+        0.0, description="C-STORE instances/s per device, 1 s burst (0: no limit)."
+    )
 
     # Web/API.
     http_host: str = "0.0.0.0"

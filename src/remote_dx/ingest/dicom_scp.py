@@ -11,18 +11,32 @@
   database is down (the modality retries later); 0xC000 "Cannot understand" for a corrupt,
   truncated or UID-less dataset; 0x0110 "Processing failure" (PS3.7 C.4) for anything unforeseen.
   Every failure carries an Error Comment; the receiver never stops serving.
+* Security (issue 7): a device may be bound to source addresses (IPs or CIDR networks); an
+  association from elsewhere is rejected and logged. Per-device limits keep one broken modality
+  from starving the others: beyond its concurrent associations A-ASSOCIATE-RJ "rejected-
+  transient / local limit exceeded" (PS3.8 Table 9-21, source 3 reason 2), beyond its instances
+  per second C-STORE 0xA700, both of which the sender retries. With ``RDX_DICOM_TLS_CERT``/
+  ``_KEY`` the receiver speaks TLS (PS3.15 B.1), with ``RDX_DICOM_TLS_CA`` it requires client
+  certificates signed by that CA.
+* Query/Retrieve (PS3.4 Annex C): C-FIND, C-GET and C-MOVE on the same AE, answered from the
+  index and the object store and scoped to the calling AE's institution
+  (:mod:`remote_dx.ingest.query_retrieve`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import multiprocessing
 import signal
+import ssl
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
@@ -43,6 +57,7 @@ from remote_dx.core.models import Device
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.ingest.presentation import supported_contexts
+from remote_dx.ingest.query_retrieve import QueryRetrieveSCP, supported_qr_contexts
 from remote_dx.ingest.transport import (
     MAX_PDU_SIZE,
     FastRequestHandler,
@@ -66,13 +81,58 @@ PROCESSING_FAILURE = 0x0110
 # A-ASSOCIATE-RJ fields (PS3.8 Table 9-21).
 _REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
 _SOURCE_SERVICE_USER = 0x01
+_SOURCE_PRESENTATION = 0x03  # service-provider (presentation related function)
 _NO_REASON, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x03
+_LOCAL_LIMIT_EXCEEDED = 0x02  # with _SOURCE_PRESENTATION
 
 _ERROR_COMMENT_MAX = 64  # (0000,0902) is LO
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the receiver needs to admit a device: who it is and its security settings."""
+
+    sender: Sender
+    allowed_networks: tuple[Network, ...] = ()  # empty: any source address
+    max_associations: int = 0  # 0: no limit of its own
+    max_instances_per_second: float = 0.0  # 0: no limit
+
+    def allows(self, address: str) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.allowed_networks)
+
+    @classmethod
+    def of(cls, device: Device, settings: Settings | None = None) -> Admission:
+        networks = []
+        for entry in device.allowed_addresses or []:
+            try:
+                networks.append(ipaddress.ip_network(str(entry), strict=False))
+            except ValueError:  # a bad entry must not open the door: it matches nothing
+                log.error("device %s: ignoring bad allowed address %r", device.ae_title, entry)
+        if device.allowed_addresses and not networks:
+            networks.append(ipaddress.ip_network("0.0.0.0/32"))  # nothing valid: nobody
+        default_assocs = settings.dicom_device_max_associations if settings else 0
+        default_rate = settings.dicom_device_max_instances_per_second if settings else 0.0
+        return cls(
+            sender=Sender.of(device),
+            allowed_networks=tuple(networks),
+            max_associations=device.max_associations or default_assocs or 0,
+            max_instances_per_second=device.max_instances_per_second or default_rate or 0.0,
+        )
+
+
 class DeviceDirectory:
-    """Calling AE title → :class:`Sender`, read from the devices table.
+    """Calling AE title → :class:`Admission` (sender + security settings), from the devices table.
 
     The database is asked on every association request (one indexed row; devices may be added
     or disabled while the receiver runs). When the database cannot be reached, the last answer
@@ -80,13 +140,19 @@ class DeviceDirectory:
     proper 0xA700 per instance rather than a rejected association.
     """
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings | None = None) -> None:
         self._sessions = sessions
-        self._known: dict[str, Sender] = {}
+        self._settings = settings
+        self._known: dict[str, Admission] = {}
         self._lock = threading.Lock()
 
     def lookup(self, ae_title: str) -> Sender | None:
-        """The registered, enabled device with this AE title, or None.
+        """The registered, enabled device with this AE title, or None."""
+        admission = self.admission(ae_title)
+        return None if admission is None else admission.sender
+
+    def admission(self, ae_title: str) -> Admission | None:
+        """The registered, enabled device with this AE title and its settings, or None.
 
         Raises DatabaseUnavailable when the database is down and the AE title was never seen.
         """
@@ -97,7 +163,7 @@ class DeviceDirectory:
                     .options(joinedload(Device.institution))
                     .where(Device.ae_title == ae_title, Device.enabled.is_(True))
                 )
-                sender = Sender.of(device) if device is not None else None
+                sender = Admission.of(device, self._settings) if device is not None else None
         except SQLAlchemyError as exc:
             with self._lock:
                 cached = self._known.get(ae_title)
@@ -119,6 +185,7 @@ class _Peer:
 
     sender: Sender
     address: str
+    admission: Admission | None = None
     stored: int = 0
     failed: int = 0
     ended: str = "closed"
@@ -136,13 +203,21 @@ class StorageSCP:
     """The event handlers of one receiver; association state is kept per association."""
 
     def __init__(
-        self, store: ObjectStore, sessions: sessionmaker[Session], directory: DeviceDirectory
+        self,
+        store: ObjectStore,
+        sessions: sessionmaker[Session],
+        directory: DeviceDirectory,
+        ae_title: str = "REMOTE_DX",
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.directory = directory
         self._peers: weakref.WeakKeyDictionary[Association, _Peer] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._rates = RateLimiter()
+        self.query_retrieve = QueryRetrieveSCP(
+            store, sessions, self.institution_of, lambda: ae_title
+        )
 
     def handlers(self) -> list[tuple[evt.EventType, object]]:
         return [
@@ -151,6 +226,9 @@ class StorageSCP:
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, instrument_store(self.on_store)),  # rdx_cstore_* metrics
+            (evt.EVT_C_FIND, self.query_retrieve.on_find),
+            (evt.EVT_C_GET, self.query_retrieve.on_get),
+            (evt.EVT_C_MOVE, self.query_retrieve.on_move),
             (evt.EVT_RELEASED, self.on_ended),
             (evt.EVT_ABORTED, self.on_ended),
             (evt.EVT_CONN_CLOSE, self.on_closed),
@@ -160,6 +238,11 @@ class StorageSCP:
         with self._lock:
             return self._peers.get(assoc)
 
+    def institution_of(self, assoc: Association) -> int | None:
+        """The calling AE's institution (Query/Retrieve scoping); None for no registered peer."""
+        peer = self.peer(assoc)
+        return None if peer is None else peer.sender.institution_id
+
     # -- association ----------------------------------------------------------------------
 
     def on_requested(self, event: Event) -> None:
@@ -168,12 +251,12 @@ class StorageSCP:
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         address = f"{assoc.requestor.address}:{assoc.requestor.port}"
         try:
-            sender = self.directory.lookup(calling)
+            admission = self.directory.admission(calling)
         except Exception as exc:  # an exception left here would accept the association
             log.error("association from %r (%s) refused for now: %s", calling, address, exc)
             _reject(assoc, _REJECTED_TRANSIENT, _NO_REASON)
             return
-        if sender is None:
+        if admission is None:
             log.warning(
                 "association from %r (%s) rejected: calling AE title not recognised",
                 calling,
@@ -181,8 +264,32 @@ class StorageSCP:
             )
             _reject(assoc, _REJECTED_PERMANENT, _CALLING_AE_NOT_RECOGNISED)
             return
+        if not admission.allows(str(assoc.requestor.address)):
+            # PS3.8 has no "address not allowed" reason: this AE title is not recognised here.
+            log.warning(
+                "association from %r (%s) rejected: source address not allowed for this device",
+                calling,
+                address,
+            )
+            _reject(assoc, _REJECTED_PERMANENT, _CALLING_AE_NOT_RECOGNISED)
+            return
         with self._lock:
-            self._peers[assoc] = _Peer(sender=sender, address=address)
+            limit = admission.max_associations
+            if limit and sum(p.sender.ae_title == calling for p in self._peers.values()) >= limit:
+                over = True
+            else:
+                over = False
+                self._peers[assoc] = _Peer(
+                    sender=admission.sender, address=address, admission=admission
+                )
+        if over:
+            log.warning(
+                "association from %r (%s) rejected for now: its limit is %d associations",
+                calling,
+                address,
+                admission.max_associations,
+            )
+            _reject(assoc, _REJECTED_TRANSIENT, _LOCAL_LIMIT_EXCEEDED, source=_SOURCE_PRESENTATION)
 
     def on_established(self, event: Event) -> None:
         peer = self.peer(event.assoc)
@@ -223,6 +330,16 @@ class StorageSCP:
         if peer is None:  # cannot happen: on_requested rejects associations without a sender
             return _status(PROCESSING_FAILURE, "association has no registered sender")
         sop_uid = str(event.request.AffectedSOPInstanceUID)
+        rate = peer.admission.max_instances_per_second if peer.admission else 0.0
+        if rate and not self._rates.take(peer.sender.ae_title, rate):
+            peer.failed += 1
+            log.warning(
+                "C-STORE %s from %s refused: over %g instances/s",
+                sop_uid,
+                peer.sender.ae_title,
+                rate,
+            )
+            return _status(OUT_OF_RESOURCES, f"rate limit {rate:g} instances/s, retry later")
         try:
             data = part10_bytes(event, peer.sender.ae_title)
             filed = file_instance(
@@ -309,9 +426,35 @@ _IMPLEMENTATION = _meta_element(
 ) + _meta_element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode(), b" ")
 
 
-def _reject(assoc: Association, result: int, diagnostic: int) -> None:
+class RateLimiter:
+    """Token buckets per AE title: ``rate`` tokens a second, at most one second's worth banked.
+
+    Shared by all associations of a receiver process, so a device cannot dodge its limit by
+    opening more associations (that is capped separately).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # ae → (tokens, last refill)
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate: float) -> bool:
+        """Take one token if there is one; False means over the limit."""
+        now = self._clock()
+        burst = max(1.0, rate)
+        with self._lock:
+            tokens, last = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
+def _reject(
+    assoc: Association, result: int, diagnostic: int, *, source: int = _SOURCE_SERVICE_USER
+) -> None:
     """Send A-ASSOCIATE-RJ from an EVT_REQUESTED handler, as pynetdicom's own ACSE does."""
-    assoc.acse.send_reject(result, _SOURCE_SERVICE_USER, diagnostic)
+    assoc.acse.send_reject(result, source, diagnostic)
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()
 
@@ -358,14 +501,50 @@ class Receiver:
 
 
 def make_ae(settings: Settings) -> AE:
+    """The receiver's AE: Verification, every storage SOP class (as SCP, and as SCU for C-GET
+    sub-operations), and Query/Retrieve Find/Get/Move in the Study and Patient Root models."""
     ae = AE(ae_title=settings.ae_title)
-    ae.supported_contexts = supported_contexts()
+    contexts = supported_contexts() + supported_qr_contexts()
+    ae.supported_contexts = contexts
+    # pynetdicom's setter keeps abstract and transfer syntaxes only: restore the roles.
+    roles = {context.abstract_syntax: (context.scu_role, context.scp_role) for context in contexts}
+    for context in ae.supported_contexts:
+        context.scu_role, context.scp_role = roles[context.abstract_syntax]
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = MAX_PDU_SIZE
     # Modalities are often configured with a generic called AE title; the calling AE title is
     # what identifies (and authorises) the sender.
     ae.require_called_aet = False
     return ae
+
+
+def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the receiver (PS3.15 B.1 Basic TLS Secure Transport) when a certificate is set.
+
+    TLS 1.2 or later. With ``dicom_tls_ca`` the peer must present a certificate signed by it
+    (the BCP 195 profiles' mutual authentication); without, any client may connect and the AE
+    title / address checks still apply. The handshake is left to the association's thread
+    (first read) so a slow or broken client cannot hold up the acceptor.
+    """
+    if settings.dicom_tls_cert is None:
+        return None
+    if settings.dicom_tls_key is None:
+        raise ValueError("RDX_DICOM_TLS_CERT needs RDX_DICOM_TLS_KEY")
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.dicom_tls_cert), str(settings.dicom_tls_key))
+    if settings.dicom_tls_ca is not None:
+        context.load_verify_locations(cafile=str(settings.dicom_tls_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """pynetdicom wraps accepted sockets in the acceptor thread; handshake later, not there."""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def _serve(
@@ -375,6 +554,7 @@ def _serve(
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port),
         evt_handlers=scp.handlers(),  # type: ignore[arg-type]
+        ssl_context=server_ssl_context(settings),  # None unless RDX_DICOM_TLS_CERT is set
         server_class=ReuseportServer if reuse_port else ReceiverServer,
         request_handler=FastRequestHandler,
     )
@@ -396,7 +576,12 @@ def start_receiver(
     ``reuse_port`` lets several receiver processes listen on the same port (SO_REUSEPORT).
     """
     sessions = sessions or get_sessionmaker(settings)
-    scp = StorageSCP(store or get_store(settings), sessions, DeviceDirectory(sessions))
+    scp = StorageSCP(
+        store or get_store(settings),
+        sessions,
+        DeviceDirectory(sessions, settings),
+        ae_title=settings.ae_title,
+    )
     ae = make_ae(settings)
     server = _serve(ae, settings, scp, reuse_port=reuse_port)
     receiver = Receiver(ae=ae, server=server, scp=scp)

@@ -67,8 +67,12 @@ def supported_contexts() -> list[PresentationContext]:
     any number.
     """
     contexts = [build_context(Verification, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])]
-    contexts.extend(
-        build_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
-        for sop_class in storage_sop_classes()
-    )
+    for sop_class in storage_sop_classes():
+        context = build_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
+        # SCP/SCU Role Selection (PS3.7 D.3.3.4): a C-GET requestor proposes the SCP role for
+        # the storage classes it retrieves, and we then act as their SCU on its association.
+        # Requestors that propose no roles keep the default (we are the Storage SCP).
+        context.scu_role = True
+        context.scp_role = True
+        contexts.append(context)
     return contexts
