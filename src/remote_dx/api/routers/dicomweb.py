@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from remote_dx.api.deps import PATIENT_DATA, CurrentUser, DbSession, Store
-from remote_dx.dicomweb import qido, service, wado
+from remote_dx.core.models import User
+from remote_dx.dicomweb import qido, service, stow, wado
 from remote_dx.dicomweb.multipart import (
     BadRequest,
     NotAcceptable,
+    UnsupportedMediaType,
     multipart_body,
     new_boundary,
     parse_accept,
+    parse_media_type,
+    parse_multipart,
 )
+from remote_dx.storage.base import ObjectStore
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"], dependencies=[PATIENT_DATA])
 
@@ -488,3 +494,109 @@ def retrieve_instance(
     accept: Accept = None,
 ) -> Response:
     return _retrieve(session, store, user, accept, study_uid, series_uid, sop_uid)
+
+
+# -- STOW-RS (PS3.18 §10.5) -----------------------------------------------------------------------
+
+
+async def _stow(
+    request: Request, user: User, store: ObjectStore, accept: str | None, study_uid: str | None
+) -> Response:
+    _json_accepted(accept)
+    content_type = request.headers.get("content-type")
+    media = parse_media_type(content_type or "")
+    if media.type == "multipart/related" and media.part_type not in (None, wado.DICOM):
+        raise UnsupportedMediaType(
+            f'only type="{wado.DICOM}" is stored (PS3.10 files), not {media.part_type}'
+        )
+    parts = parse_multipart(await request.body(), content_type)
+    stow.check_parts(parts)
+    result = await run_in_threadpool(
+        stow.store_instances,
+        parts,
+        user=user,
+        sessions=request.app.state.sessions,
+        store=store,
+        base=_base(request),
+        study_uid=study_uid,
+    )
+    headers = {"Retry-After": "5"} if result.status_code == 503 else None
+    body = json.dumps(result.body, separators=(",", ":")).encode()
+    return Response(body, status_code=result.status_code, media_type=DICOM_JSON, headers=headers)
+
+
+_STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Some instances stored, some failed (see Failed SOP Sequence)"},
+    400: {"description": "Malformed multipart body"},
+    409: {"description": "No instance stored (see Failed SOP Sequence)"},
+    415: {"description": 'Not multipart/related; type="application/dicom"'},
+    503: {"description": "Storage or database unavailable; retry"},
+    **_NOT_ACCEPTABLE,
+}
+
+
+@router.post("/studies", summary="STOW-RS: store instances", responses=_STOW_RESPONSES)
+async def store_instances(
+    request: Request, user: CurrentUser, store: Store, accept: Accept = None
+) -> Response:
+    return await _stow(request, user, store, accept, None)
+
+
+@router.post(
+    "/studies/{study_uid}",
+    summary="STOW-RS: store instances of one study",
+    responses=_STOW_RESPONSES,
+)
+async def store_study_instances(
+    study_uid: str, request: Request, user: CurrentUser, store: Store, accept: Accept = None
+) -> Response:
+    return await _stow(request, user, store, accept, study_uid)
+
+
+# -- WADO-URI (PS3.18 §9) -----------------------------------------------------------------------
+
+
+@router.get(
+    "/wado",
+    summary="WADO-URI: one object as DICOM, JPEG or PNG",
+    responses={**_NOT_FOUND, **_NOT_ACCEPTABLE, 400: {"description": "Missing parameters"}},
+)
+def wado_uri(
+    session: DbSession,
+    store: Store,
+    user: CurrentUser,
+    request_type: Annotated[str | None, Query(alias="requestType")] = None,
+    study_uid: Annotated[str | None, Query(alias="studyUID")] = None,
+    series_uid: Annotated[str | None, Query(alias="seriesUID")] = None,
+    object_uid: Annotated[str | None, Query(alias="objectUID")] = None,
+    content_type: Annotated[str | None, Query(alias="contentType")] = None,
+    transfer_syntax: Annotated[str | None, Query(alias="transferSyntax")] = None,
+    frame_number: Annotated[str | None, Query(alias="frameNumber")] = None,
+    window_center: Annotated[str | None, Query(alias="windowCenter")] = None,
+    window_width: Annotated[str | None, Query(alias="windowWidth")] = None,
+    rows: Annotated[str | None, Query()] = None,
+    columns: Annotated[str | None, Query()] = None,
+    image_quality: Annotated[str | None, Query(alias="imageQuality")] = None,
+    accept: Accept = None,
+) -> Response:
+    if request_type != "WADO":
+        raise BadRequest("requestType=WADO is required (PS3.18 §9.1.2.1.1)")
+    if not (study_uid and series_uid and object_uid):
+        raise BadRequest("studyUID, seriesUID and objectUID are all required")
+    (ref,) = service.refs_for(session, user, study_uid, series_uid, object_uid)
+    wanted = content_type or accept or "image/jpeg"
+    if any(m.type == wado.DICOM for m in parse_accept(wanted)):
+        syntax = transfer_syntax or "*"
+        as_accept = f'multipart/related; type="{wado.DICOM}"; transfer-syntax={syntax}'
+        plan = wado.instance_plan(as_accept, ref.transfer_syntax_uid)
+        return Response(wado.instance_bytes(store, ref, plan), media_type=wado.DICOM)
+    window = None
+    if window_center is not None or window_width is not None:
+        window = f"{window_center or ''},{window_width or ''}"
+    viewport = None
+    if rows or columns:
+        viewport = f"{columns or rows},{rows or columns}"
+    options = wado.render_options(wanted, window, viewport, image_quality)
+    frame = wado.parse_frame_list(frame_number)[0] if frame_number else 1
+    body = wado.render(wado.load(store, ref), frame, options)
+    return Response(body, media_type=options.media_type)
