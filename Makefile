@@ -17,10 +17,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# The browser viewer (viewer/, Vite + TypeScript): node_modules from the lock file, then the
+# build, redone when a page, a source or the config changes. The built files are not committed.
+VIEWER_SOURCES := $(wildcard viewer/*.html viewer/*.ts viewer/tsconfig.json) \
+	$(shell find viewer/src -type f 2>/dev/null)
+
+viewer/node_modules/.package-lock.json: viewer/package.json viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund
+
+viewer/dist: viewer/node_modules/.package-lock.json $(VIEWER_SOURCES)
+	cd viewer && npm run build
+	touch viewer/dist
+
+run: $(STAMP) viewer/dist
 	$(BIN)/remote-dx serve --demo
 
-test: $(STAMP)
+test: $(STAMP) viewer/dist
 	$(BIN)/ruff check src tests bench worker
 	$(BIN)/python -m pytest
 
