@@ -53,8 +53,10 @@ def _apply_dicom_node(device: Device, entry: dict[str, Any]) -> None:
     device.max_associations = None if limit is None else int(limit)
     rate = entry.get("max_instances_per_second")
     device.max_instances_per_second = None if rate is None else float(rate)
-    if (device.max_associations or 1) < 1 or (device.max_instances_per_second or 1) <= 0:
-        raise ValueError("limits must be positive")
+    if limit is not None and int(limit) < 1:
+        raise ValueError("max_associations must be at least 1")
+    if rate is not None and float(rate) <= 0:
+        raise ValueError("max_instances_per_second must be positive")
 
 
 def load_network_file(path: Path) -> dict[str, Any]:
