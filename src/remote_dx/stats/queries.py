@@ -1,0 +1,760 @@
+"""The dashboard figures (issue 6), each a :class:`Table` by period and one dimension.
+
+Where each fact is recorded:
+
+- received: ``studies.received_at`` (the hub's clock; the SLA clock starts here), origin
+  (township) ``studies.origin_id``, modality ``studies.modalities``;
+- read: ``reports`` with status final/amended; the result is out at ``confirmed_at`` when a
+  second signature was required, else ``signed_at``; the pool that read it ``reports.pool_id``
+  (its level says whether an upper level read it: 基层检查、上级诊断); the reader
+  ``reports.signed_by_id``; abnormal ``reports.positive``; critical ``reports.critical``;
+- SLA: the due time of the study's first routing decision (``routing_decisions`` kind
+  ``initial``), so a later escalation does not move the goal posts;
+- claim → sign: ``worklist_items.signed_claim_at`` (the signer's claim, kept when signing clears
+  the lease; migration 0005_stats) to the first signature;
+- escalations and consultations: ``routing_decisions`` kind ``escalation`` (automatic: overdue,
+  one level up) and ``consultation`` (manual 会诊), the target's level from its pool;
+- critical values: ``critical_alerts`` (raised, acknowledged, by whom);
+- technically unsatisfactory, sent back: ``ecg_analyses.technically_unsatisfactory`` and
+  ``reacquire_requests`` (the notice to the township);
+- results recognised and re-used (exams avoided): ``recognition_uses`` (migration 0005_stats);
+- reader workload: signed reports per reader, by the time of signing.
+
+Study figures count the studies *received* in each period (a cohort), so a month's TAT is that
+of the studies received in the month, wherever the signature fell; workload counts by signing
+time and recognition by the time of re-use. Periods are Asia/Shanghai calendar buckets
+(:mod:`remote_dx.stats.sql`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, literal_column, or_, select
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.expression import ColumnElement
+
+from remote_dx.core.clock import SHANGHAI
+from remote_dx.core.models import (
+    CriticalAlert,
+    ECGAnalysisRecord,
+    Institution,
+    InstitutionLevel,
+    ReacquireRequest,
+    RecognitionUse,
+    Report,
+    ReportStatus,
+    RoutingDecision,
+    RoutingDecisionKind,
+    Study,
+    User,
+    WorklistItem,
+)
+from remote_dx.stats.sql import Period, percentile_cont, seconds_between, shanghai_bucket
+
+UPPER = (InstitutionLevel.COUNTY, InstitutionLevel.CITY, InstitutionLevel.PROVINCE)
+ABOVE_COUNTY = (InstitutionLevel.CITY, InstitutionLevel.PROVINCE)
+READ_STATUSES = (ReportStatus.FINAL, ReportStatus.AMENDED)
+
+
+class Dimension(enum.StrEnum):
+    TOWNSHIP = "township"
+    COUNTY = "county"
+    POOL = "pool"
+    MODALITY = "modality"
+    READER = "reader"
+
+
+DIMENSION_LABELS = {
+    Dimension.TOWNSHIP: "乡镇卫生院",
+    Dimension.COUNTY: "县（医共体）",
+    Dimension.POOL: "诊断中心",
+    Dimension.MODALITY: "检查类型",
+    Dimension.READER: "诊断医师",
+}
+PERIOD_LABELS = {Period.DAY: "日", Period.WEEK: "周", Period.MONTH: "月", Period.YEAR: "年"}
+
+
+class UnknownTable(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str  # 简体中文, as shown and exported
+    label_en: str
+    kind: str = "int"  # int | float | percent | minutes | text
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    title_en: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "title_en": self.title_en,
+            "columns": [c.__dict__ for c in self.columns],
+            "rows": self.rows,
+        }
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """What to count: ``period`` buckets (None: one bucket for the whole range), grouped by
+    ``by`` (None: all together), received in ``start``..``end`` (Asia/Shanghai dates,
+    inclusive), optionally one modality (``ecg``, ``imaging`` or a code such as ``DX``), one
+    county (lead hospital id) and one pool (reading institution id; a reader's scope)."""
+
+    period: Period | None = Period.MONTH
+    by: Dimension | None = None
+    start: date | None = None
+    end: date | None = None
+    modality: str | None = None
+    county_id: int | None = None
+    pool_id: int | None = None
+
+
+def local_day_start(day: date) -> datetime:
+    """00:00 Asia/Shanghai of ``day`` as an aware UTC datetime."""
+    return datetime.combine(day, time(0), tzinfo=SHANGHAI).astimezone(UTC)
+
+
+# --- the joins every table shares ------------------------------------------------------------
+
+
+@dataclass
+class _Base:
+    """Study ⟕ worklist item ⟕ report, with the origin's tree and the reading pool."""
+
+    origin: Any
+    parent: Any
+    grand: Any
+    pool_inst: Any
+    first_due: Any
+
+    @classmethod
+    def make(cls) -> _Base:
+        first_due = (
+            select(
+                RoutingDecision.study_pk.label("study_pk"),
+                func.min(RoutingDecision.due_at).label("due_at"),
+            )
+            .where(RoutingDecision.kind == RoutingDecisionKind.INITIAL)
+            .group_by(RoutingDecision.study_pk)
+            .subquery("first_due")
+        )
+        return cls(
+            origin=aliased(Institution, name="origin"),
+            parent=aliased(Institution, name="origin_parent"),
+            grand=aliased(Institution, name="origin_grand"),
+            pool_inst=aliased(Institution, name="pool_inst"),
+            first_due=first_due,
+        )
+
+    def township(self) -> ColumnElement[Any]:
+        return self.origin.id
+
+    def county(self) -> ColumnElement[Any]:
+        return case(
+            (self.origin.level.in_(UPPER), self.origin.id),
+            (self.parent.level.in_(UPPER), self.parent.id),
+            else_=self.grand.id,
+        )
+
+    @staticmethod
+    def pool() -> ColumnElement[Any]:
+        return func.coalesce(Report.pool_id, WorklistItem.pool_id)
+
+    @staticmethod
+    def modality() -> ColumnElement[Any]:
+        return case(
+            (Study.modalities.like("%ECG%"), literal_column("'ECG'")), else_=Study.modalities
+        )
+
+    @staticmethod
+    def result_at() -> ColumnElement[Any]:
+        return func.coalesce(Report.confirmed_at, Report.signed_at)
+
+    @staticmethod
+    def is_read() -> ColumnElement[bool]:
+        return Report.status.in_(READ_STATUSES)
+
+    def dimension(self, by: Dimension) -> ColumnElement[Any]:
+        return {
+            Dimension.TOWNSHIP: self.township,
+            Dimension.COUNTY: self.county,
+            Dimension.POOL: self.pool,
+            Dimension.MODALITY: self.modality,
+            Dimension.READER: lambda: Report.signed_by_id,
+        }[by]()
+
+    def select_from(
+        self, statement: Select[Any], *, origin_col: Any = None, first: Any = None
+    ) -> Select[Any]:
+        """The shared joins; ``first`` = (entity, on) joined before the origin (whose id may be
+        one of its columns, ``origin_col``)."""
+        origin_col = Study.origin_id if origin_col is None else origin_col
+        statement = statement.select_from(Study)
+        if first is not None:
+            statement = statement.join(*first)
+        return (
+            statement.join(self.origin, self.origin.id == origin_col)
+            .outerjoin(self.parent, self.parent.id == self.origin.parent_id)
+            .outerjoin(self.grand, self.grand.id == self.parent.parent_id)
+            .outerjoin(WorklistItem, WorklistItem.study_pk == Study.id)
+            .outerjoin(Report, Report.study_pk == Study.id)
+            .outerjoin(self.pool_inst, self.pool_inst.id == self.pool())
+        )
+
+    def filters(self, query: StatsQuery, time_col: ColumnElement[Any]) -> list[Any]:
+        where: list[Any] = []
+        if query.start is not None:
+            where.append(time_col >= local_day_start(query.start))
+        if query.end is not None:
+            where.append(time_col < local_day_start(query.end + timedelta(days=1)))
+        if query.modality:
+            wanted = query.modality.strip()
+            if wanted.lower() == "ecg":
+                where.append(Study.modalities.like("%ECG%"))
+            elif wanted.lower() == "imaging":
+                where.append(or_(Study.modalities.is_(None), ~Study.modalities.like("%ECG%")))
+            else:
+                where.append(Study.modalities == wanted.upper())
+        if query.county_id is not None:
+            where.append(self.county() == query.county_id)
+        if query.pool_id is not None:
+            where.append(self.pool() == query.pool_id)
+        return where
+
+
+# --- grouped aggregation with portable percentiles ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Percentile:
+    value: ColumnElement[Any]  # seconds (or any number); NULLs are ignored
+    fraction: float
+    scale: float = 1 / 60  # seconds → minutes
+
+
+def _aggregate(
+    session: Session,
+    base: _Base,
+    query: StatsQuery,
+    *,
+    time_col: ColumnElement[Any],
+    sums: dict[str, ColumnElement[Any]],
+    percentiles: dict[str, _Percentile],
+    joins: Callable[[Select[Any]], Select[Any]] | None = None,
+    origin_col: Any = None,
+    first: Any = None,
+    extra_where: Sequence[Any] = (),
+) -> list[dict[str, Any]]:
+    keys: list[tuple[str, ColumnElement[Any]]] = []
+    if query.period is not None:
+        keys.append(("period", shanghai_bucket(time_col, query.period)))
+    if query.by is not None:
+        keys.append(("key", base.dimension(query.by)))
+    key_cols = [expr.label(name) for name, expr in keys]
+    where = [*base.filters(query, time_col), *extra_where]
+
+    def framed(statement: Select[Any]) -> Select[Any]:
+        statement = base.select_from(statement, origin_col=origin_col, first=first)
+        if joins is not None:
+            statement = joins(statement)
+        return statement.where(*where)
+
+    postgres = session.get_bind().dialect.name == "postgresql"
+    columns = [*key_cols, *(expr.label(name) for name, expr in sums.items())]
+    if postgres:
+        columns += [
+            func.percentile_cont(p.fraction).within_group(p.value).label(name)
+            for name, p in percentiles.items()
+        ]
+    statement = framed(select(*columns))
+    if keys:
+        statement = statement.group_by(*(expr for _, expr in keys))
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in session.execute(statement).mappings():
+        group = tuple(row[name] for name, _ in keys)
+        values = {name: row[name] for name, _ in keys}
+        values.update({name: int(row[name] or 0) for name in sums})
+        for name, p in percentiles.items():
+            raw = row[name] if postgres else None
+            values[name] = None if raw is None else round(float(raw) * p.scale, 2)
+        rows[group] = values
+    if not postgres and percentiles:
+        # SQLite: one ordered fetch per distinct value expression, the fractions in Python.
+        by_value: dict[int, list[tuple[str, _Percentile]]] = defaultdict(list)
+        exprs: dict[int, ColumnElement[Any]] = {}
+        for name, p in percentiles.items():
+            by_value[id(p.value)].append((name, p))
+            exprs[id(p.value)] = p.value
+        for ident, wanted in by_value.items():
+            value = exprs[ident]
+            fetch = framed(select(*key_cols, value.label("v"))).where(value.is_not(None))
+            fetch = fetch.order_by(*(expr for _, expr in keys), value)
+            grouped: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+            for row in session.execute(fetch).mappings():
+                grouped[tuple(row[name] for name, _ in keys)].append(float(row["v"]))
+            for group, values_list in grouped.items():
+                target = rows.get(group)
+                if target is None:
+                    continue
+                for name, p in wanted:
+                    figure = percentile_cont(values_list, p.fraction)
+                    target[name] = None if figure is None else round(figure * p.scale, 2)
+    return sorted(rows.values(), key=lambda r: tuple(str(r.get(n)) for n, _ in keys))
+
+
+def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    return func.sum(case((condition, 1), else_=0))
+
+
+def _rate(rows: list[dict[str, Any]], name: str, part: str, whole: str) -> None:
+    for row in rows:
+        row[name] = round(100.0 * row[part] / row[whole], 1) if row[whole] else None
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+
+def volumes(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    read = base.is_read()
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Study.received_at,
+        sums={
+            "received": func.count(Study.id),
+            "read": _count(read),
+            "read_upper": _count(and_(read, base.pool_inst.level.in_(UPPER))),
+            "read_above_county": _count(and_(read, base.pool_inst.level.in_(ABOVE_COUNTY))),
+            "positive": _count(and_(read, Report.positive.is_(True))),
+            "judged": _count(and_(read, Report.positive.is_not(None))),
+            "critical": _count(and_(read, Report.critical.is_(True))),
+        },
+        percentiles={},
+    )
+    _rate(rows, "upper_share", "read_upper", "read")
+    _rate(rows, "positive_rate", "positive", "judged")
+    return Table(
+        "volumes",
+        "检查量与诊断量",
+        "Volumes received and read",
+        [
+            Column("received", "接收检查数", "received"),
+            Column("read", "已诊断数", "read"),
+            Column("read_upper", "上级诊断数", "read by upper level"),
+            Column("upper_share", "上级诊断占比(%)", "share read by upper level (%)", "percent"),
+            Column("read_above_county", "县级以上诊断数", "read above county"),
+            Column("positive", "阳性数", "positive"),
+            Column("positive_rate", "阳性率(%)", "positive rate (%)", "percent"),
+            Column("critical", "危急值报告数", "critical results"),
+        ],
+        rows,
+    )
+
+
+def turnaround(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    read = base.is_read()
+    tat = case((read, seconds_between(base.result_at(), Study.received_at)), else_=None)
+    claim_sign = case(
+        (
+            and_(read, WorklistItem.signed_claim_at.is_not(None)),
+            seconds_between(Report.signed_at, WorklistItem.signed_claim_at),
+        ),
+        else_=None,
+    )
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Study.received_at,
+        sums={
+            "read": _count(read),
+            "sla_met": _count(and_(read, base.result_at() <= base.first_due.c.due_at)),
+            "with_sla": _count(and_(read, base.first_due.c.due_at.is_not(None))),
+        },
+        percentiles={
+            "tat_median_min": _Percentile(tat, 0.5),
+            "tat_p90_min": _Percentile(tat, 0.9),
+            "claim_sign_median_min": _Percentile(claim_sign, 0.5),
+            "claim_sign_p90_min": _Percentile(claim_sign, 0.9),
+        },
+        joins=lambda s: s.outerjoin(base.first_due, base.first_due.c.study_pk == Study.id),
+    )
+    _rate(rows, "sla_rate", "sla_met", "with_sla")
+    return Table(
+        "turnaround",
+        "报告时效",
+        "Turnaround (received → signed)",
+        [
+            Column("read", "已诊断数", "read"),
+            Column("tat_median_min", "报告时间中位数(分钟)", "TAT median (min)", "minutes"),
+            Column("tat_p90_min", "报告时间P90(分钟)", "TAT 90th percentile (min)", "minutes"),
+            Column("sla_met", "按时完成数", "within SLA"),
+            Column("sla_rate", "时效达标率(%)", "SLA compliance (%)", "percent"),
+            Column(
+                "claim_sign_median_min",
+                "领取至签发中位数(分钟)",
+                "claim → sign median (min)",
+                "minutes",
+            ),
+            Column(
+                "claim_sign_p90_min", "领取至签发P90(分钟)", "claim → sign P90 (min)", "minutes"
+            ),
+        ],
+        rows,
+    )
+
+
+def escalations(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    target = aliased(Institution, name="target_pool")
+    moved = RoutingDecision.pool_id != func.coalesce(RoutingDecision.from_pool_id, -1)
+    consult = RoutingDecision.kind == RoutingDecisionKind.CONSULTATION
+    auto = and_(RoutingDecision.kind == RoutingDecisionKind.ESCALATION, moved)
+    either = or_(consult, auto)
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Study.received_at,
+        sums={
+            "consultations": _count(consult),
+            "auto_escalations": _count(auto),
+            "overdue_at_top": _count(
+                and_(RoutingDecision.kind == RoutingDecisionKind.ESCALATION, ~moved)
+            ),
+            "studies": func.count(func.distinct(case((either, Study.id), else_=None))),
+            "to_county": _count(and_(either, target.level == InstitutionLevel.COUNTY)),
+            "to_city": _count(and_(either, target.level == InstitutionLevel.CITY)),
+            "to_province": _count(and_(either, target.level == InstitutionLevel.PROVINCE)),
+        },
+        percentiles={},
+        joins=lambda s: s.join(RoutingDecision, RoutingDecision.study_pk == Study.id).join(
+            target, target.id == RoutingDecision.pool_id
+        ),
+        extra_where=[
+            RoutingDecision.kind.in_(
+                (RoutingDecisionKind.CONSULTATION, RoutingDecisionKind.ESCALATION)
+            )
+        ],
+    )
+    return Table(
+        "escalations",
+        "会诊与升级",
+        "Consultations and escalations",
+        [
+            Column("studies", "涉及检查数", "studies"),
+            Column("consultations", "主动会诊(人工)", "consultations (manual)"),
+            Column("auto_escalations", "超时自动升级", "automatic escalations (overdue)"),
+            Column("overdue_at_top", "最高级超时", "overdue at the top"),
+            Column("to_county", "至县级", "to county"),
+            Column("to_city", "至市级", "to city"),
+            Column("to_province", "至省级", "to province"),
+        ],
+        rows,
+    )
+
+
+def critical(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    acked = CriticalAlert.acknowledged_at.is_not(None)
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Study.received_at,
+        sums={
+            "alerts": func.count(CriticalAlert.id),
+            "from_analysis": _count(CriticalAlert.source == "ecg-analysis"),
+            "acknowledged": _count(acked),
+            "unacknowledged": _count(~acked),
+        },
+        percentiles={
+            "ack_median_min": _Percentile(
+                seconds_between(CriticalAlert.acknowledged_at, CriticalAlert.raised_at), 0.5
+            ),
+            "ack_p90_min": _Percentile(
+                seconds_between(CriticalAlert.acknowledged_at, CriticalAlert.raised_at), 0.9
+            ),
+        },
+        joins=lambda s: s.join(CriticalAlert, CriticalAlert.study_pk == Study.id),
+    )
+    return Table(
+        "critical",
+        "危急值",
+        "Critical values",
+        [
+            Column("alerts", "危急值数", "critical values"),
+            Column("from_analysis", "自动分析发现", "raised by ECG analysis"),
+            Column("acknowledged", "已确认接收", "acknowledged"),
+            Column("unacknowledged", "未确认", "unacknowledged"),
+            Column("ack_median_min", "确认时间中位数(分钟)", "ack time median (min)", "minutes"),
+            Column("ack_p90_min", "确认时间P90(分钟)", "ack time P90 (min)", "minutes"),
+        ],
+        rows,
+    )
+
+
+def quality(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Study.received_at,
+        sums={
+            "analysed": func.count(ECGAnalysisRecord.id),
+            "unsatisfactory": _count(ECGAnalysisRecord.technically_unsatisfactory.is_(True)),
+            "sent_back": func.count(ReacquireRequest.id),
+        },
+        percentiles={},
+        joins=lambda s: s.outerjoin(
+            ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id
+        ).outerjoin(ReacquireRequest, ReacquireRequest.study_pk == Study.id),
+        extra_where=[
+            or_(ECGAnalysisRecord.id.is_not(None), ReacquireRequest.id.is_not(None)),
+        ],
+    )
+    _rate(rows, "unsatisfactory_rate", "unsatisfactory", "analysed")
+    return Table(
+        "quality",
+        "技术质量（退回重采）",
+        "Technically unsatisfactory, sent back",
+        [
+            Column("analysed", "心电自动分析数", "ECGs analysed"),
+            Column("unsatisfactory", "技术不合格", "technically unsatisfactory"),
+            Column("unsatisfactory_rate", "不合格率(%)", "unsatisfactory rate (%)", "percent"),
+            Column("sent_back", "退回重采数", "sent back for re-acquisition"),
+        ],
+        rows,
+    )
+
+
+def recognition(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=RecognitionUse.used_at,
+        # Township = the institution that re-used the result (the exam it did not repeat).
+        origin_col=RecognitionUse.institution_id,
+        sums={
+            "exams_avoided": func.count(RecognitionUse.id),
+            "ecg": _count(RecognitionUse.exam == "ecg"),
+            "imaging": _count(RecognitionUse.exam != "ecg"),
+            "patients_studies": func.count(func.distinct(RecognitionUse.study_pk)),
+        },
+        percentiles={},
+        first=(RecognitionUse, RecognitionUse.study_pk == Study.id),
+    )
+    return Table(
+        "recognition",
+        "结果互认",
+        "Results recognised and re-used",
+        [
+            Column("exams_avoided", "互认次数(避免重复检查)", "re-used (exams avoided)"),
+            Column("ecg", "心电", "ECG"),
+            Column("imaging", "影像", "imaging"),
+            Column("patients_studies", "被互认检查数", "distinct results re-used"),
+        ],
+        rows,
+    )
+
+
+def workload(session: Session, query: StatsQuery) -> Table:
+    base = _Base.make()
+    query = StatsQuery(**{**query.__dict__, "by": query.by or Dimension.READER})
+    read = base.is_read()
+    ecg = Study.modalities.like("%ECG%")
+    claim_sign = case(
+        (
+            and_(read, WorklistItem.signed_claim_at.is_not(None)),
+            seconds_between(Report.signed_at, WorklistItem.signed_claim_at),
+        ),
+        else_=None,
+    )
+    rows = _aggregate(
+        session,
+        base,
+        query,
+        time_col=Report.signed_at,
+        sums={
+            "signed": func.count(Report.id),
+            "ecg": _count(ecg),
+            "imaging": _count(~ecg),
+            "positive": _count(Report.positive.is_(True)),
+            "critical": _count(Report.critical.is_(True)),
+        },
+        percentiles={"claim_sign_median_min": _Percentile(claim_sign, 0.5)},
+        extra_where=[read],
+    )
+    return Table(
+        "workload",
+        "医师工作量",
+        "Reader workload",
+        [
+            Column("signed", "签发报告数", "reports signed"),
+            Column("ecg", "心电", "ECG"),
+            Column("imaging", "影像", "imaging"),
+            Column("positive", "阳性", "positive"),
+            Column("critical", "危急值", "critical"),
+            Column(
+                "claim_sign_median_min",
+                "领取至签发中位数(分钟)",
+                "claim → sign median (min)",
+                "minutes",
+            ),
+        ],
+        rows,
+    )
+
+
+TABLES: dict[str, Callable[[Session, StatsQuery], Table]] = {
+    "volumes": volumes,
+    "turnaround": turnaround,
+    "escalations": escalations,
+    "critical": critical,
+    "quality": quality,
+    "recognition": recognition,
+    "workload": workload,
+}
+
+
+def _labels(session: Session, by: Dimension, keys: set[Any]) -> dict[Any, str]:
+    keys.discard(None)
+    if not keys:
+        return {}
+    if by is Dimension.MODALITY:
+        names = {"ECG": "心电图"}
+        return {k: names.get(str(k), str(k)) for k in keys}
+    if by is Dimension.READER:
+        found = session.execute(select(User.id, User.full_name).where(User.id.in_(keys)))
+    else:
+        found = session.execute(
+            select(Institution.id, Institution.name).where(Institution.id.in_(keys))
+        )
+    return {k: v for k, v in found.all()}
+
+
+def table(session: Session, name: str, query: StatsQuery) -> Table:
+    """One table by name, with the dimension's labels (institution, reader, modality names)."""
+    make = TABLES.get(name)
+    if make is None:
+        raise UnknownTable(f"unknown table {name!r}; use one of {', '.join(TABLES)}")
+    result = make(session, query)
+    lead: list[Column] = []
+    if query.period is not None:
+        lead.append(Column("period", PERIOD_LABELS[query.period], query.period.value, "text"))
+    by = query.by if name != "workload" else (query.by or Dimension.READER)
+    if by is not None:
+        labels = _labels(session, by, {row.get("key") for row in result.rows})
+        for row in result.rows:
+            row["label"] = labels.get(row.get("key"), "—" if row.get("key") is None else "?")
+        lead.append(Column("label", DIMENSION_LABELS[by], by.value, "text"))
+    result.columns = lead + result.columns
+    return result
+
+
+def network(session: Session, query: StatsQuery) -> dict[str, Any]:
+    """The referral tree (province → city → county → township) with each institution's studies
+    received (as origin) and read (as pool) in the query's range: the dashboard's network map."""
+    base = _Base.make()
+    scoped = StatsQuery(**{**query.__dict__, "period": None, "by": None})
+    where = base.filters(scoped, Study.received_at)
+    received = dict(
+        session.execute(
+            base.select_from(select(Study.origin_id, func.count(Study.id)))
+            .where(*where)
+            .group_by(Study.origin_id)
+        ).all()
+    )
+    read = dict(
+        session.execute(
+            base.select_from(select(Report.pool_id, func.count(Report.id)))
+            .where(*where, base.is_read())
+            .group_by(Report.pool_id)
+        ).all()
+    )
+    nodes: dict[int, dict[str, Any]] = {}
+    parents: dict[int, int | None] = {}
+    for inst in session.scalars(select(Institution).order_by(Institution.id)):
+        nodes[inst.id] = {
+            "id": inst.id,
+            "code": inst.code,
+            "name": inst.name,
+            "level": InstitutionLevel(inst.level).value,
+            "received": int(received.get(inst.id, 0)),
+            "read": int(read.get(inst.id, 0)),
+            "children": [],
+        }
+        parents[inst.id] = inst.parent_id
+    roots: list[dict[str, Any]] = []
+    for ident, node in nodes.items():
+        parent = parents[ident]
+        (nodes[parent]["children"] if parent in nodes else roots).append(node)
+
+    def total(node: dict[str, Any]) -> int:
+        node["value"] = node["received"] + sum(total(c) for c in node["children"])
+        return int(node["value"])
+
+    for root in roots:
+        total(root)
+    return {"name": "network", "title": "医共体网络", "roots": roots}
+
+
+def network_table(tree: dict[str, Any]) -> Table:
+    """The network tree flattened for CSV/XLSX export."""
+    rows: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any], parent: str | None, depth: int) -> None:
+        rows.append(
+            {
+                "name": "　" * depth + node["name"],
+                "code": node["code"],
+                "level": node["level"],
+                "parent": parent,
+                "received": node["received"],
+                "read": node["read"],
+                "subtree_received": node["value"],
+            }
+        )
+        for child in node["children"]:
+            walk(child, node["name"], depth + 1)
+
+    for root in tree["roots"]:
+        walk(root, None, 0)
+    return Table(
+        "network",
+        "医共体网络",
+        "Network",
+        [
+            Column("name", "机构", "institution", "text"),
+            Column("code", "编码", "code", "text"),
+            Column("level", "级别", "level", "text"),
+            Column("parent", "上级机构", "parent", "text"),
+            Column("received", "送检数", "studies sent"),
+            Column("read", "诊断数", "studies read"),
+            Column("subtree_received", "下辖合计送检", "sent incl. members"),
+        ],
+        rows,
+    )
