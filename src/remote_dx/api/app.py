@@ -17,8 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
+from remote_dx.api.audit import AuditMiddleware
+from remote_dx.api.oidc import oidc_verifier
 from remote_dx.api.routers import (
+    admin,
     alerts,
+    audit,
     auth,
     consultations,
     dicomweb,
@@ -56,6 +60,8 @@ Authenticate with `POST /api/v1/auth/token` (OAuth2 password flow, form fields `
 
 OPENAPI_TAGS = [
     {"name": "auth", "description": "Log in and get a bearer token"},
+    {"name": "admin", "description": "User management (administrators)"},
+    {"name": "audit", "description": "Audit trail: search, CSV export, chain check (admins)"},
     {"name": "worklist", "description": "Studies waiting to be read, scoped to the user"},
     {"name": "studies", "description": "A study's patient, series, instances and routing"},
     {"name": "ecg", "description": "ECG upload, preliminary analysis, printout and leads"},
@@ -131,17 +137,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = get_sessionmaker(settings)
     app.state.store = get_store(settings)
     app.state.jwt_secret = load_jwt_secret(settings)
+    app.state.oidc = oidc_verifier(settings)  # None unless RDX_OIDC_ISSUER is set
 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for error in (StorageUnavailable, DatabaseUnavailable, OperationalError):
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(AuditMiddleware)  # every request with a route: an audit record
     app.add_middleware(RequestContextMiddleware)  # outermost: request id, metrics, access log
 
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(auth.router)
+    app.include_router(admin.router)
+    app.include_router(audit.router)
     app.include_router(events.router)  # before worklist: /worklist/events is a fixed path
     app.include_router(worklist.router)
     app.include_router(alerts.router)

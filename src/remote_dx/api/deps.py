@@ -6,15 +6,15 @@ module globals, so two apps with different settings can live in one process (tes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
-from remote_dx.api.security import AuthenticationError, decode_access_token
-from remote_dx.core.models import User
+from remote_dx.api.security import AuthenticationError, decode_access_token, token_is_revoked
+from remote_dx.core.models import Role, User
 from remote_dx.core.settings import Settings
 from remote_dx.storage.base import ObjectStore
 
@@ -52,6 +52,32 @@ def unauthorized(message: str) -> HTTPException:
     )
 
 
+def _user_from_bearer(request: Request, session: Session, token: str) -> User:
+    settings = request.app.state.settings
+    oidc = getattr(request.app.state, "oidc", None)
+    if oidc is not None and oidc.claims_token(token):
+        from remote_dx.api.oidc import OIDCError
+
+        try:
+            username = oidc.username_of(token)
+        except OIDCError as exc:
+            raise unauthorized(f"invalid token: {exc}") from exc
+        user = session.query(User).filter(User.username == username).one_or_none()
+        if user is None:
+            raise unauthorized("invalid token: no local user for this sign-in")
+        return user
+    try:
+        claims = decode_access_token(token, secret=request.app.state.jwt_secret, settings=settings)
+    except AuthenticationError as exc:
+        raise unauthorized(str(exc)) from exc
+    user = session.get(User, claims.user_id)
+    if user is None or user.username != claims.username:
+        raise unauthorized("invalid token: unknown user")
+    if token_is_revoked(user, claims):
+        raise unauthorized("token has been revoked; log in again")
+    return user
+
+
 def current_user(
     request: Request,
     session: DbSession,
@@ -59,22 +85,42 @@ def current_user(
 ) -> User:
     """The active user the bearer token names, else 401.
 
-    The user row is read on every request so that disabling an account takes effect at once.
+    The user row is read on every request so that disabling an account, a password reset or a
+    role change takes effect at once. The user is also noted on ``request.state`` for the audit
+    trail (:mod:`remote_dx.api.audit`).
     """
     if not token:
         raise unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
-    try:
-        claims = decode_access_token(
-            token, secret=request.app.state.jwt_secret, settings=request.app.state.settings
-        )
-    except AuthenticationError as exc:
-        raise unauthorized(str(exc)) from exc
-    user = session.get(User, claims.user_id)
-    if user is None or user.username != claims.username:
-        raise unauthorized("invalid token: unknown user")
+    user = _user_from_bearer(request, session, token)
     if not user.active:
         raise unauthorized("this account is disabled; ask an administrator")
+    request.state.audit_user = (user.id, user.username, Role(user.role).value, user.institution_id)
     return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_roles(*roles: Role) -> Callable[[User], User]:
+    """A dependency that lets only these roles through (403 for the others)."""
+    allowed = frozenset(roles)
+    names = ", ".join(sorted(r.value for r in allowed))
+
+    def check(user: CurrentUser) -> User:
+        if Role(user.role) not in allowed:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"a {Role(user.role).value} may not do this; it needs one of: {names}",
+            )
+        return user
+
+    return check
+
+
+# Who may see patient data at all (scoping by institution and pool still applies on top).
+PATIENT_DATA_ROLES = (Role.TECHNICIAN, Role.READER, Role.SENIOR_READER, Role.SUPERVISOR, Role.ADMIN)
+READING_ROLES = (Role.READER, Role.SENIOR_READER, Role.SUPERVISOR)
+
+AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
+# Router-level: ``APIRouter(..., dependencies=[PATIENT_DATA])`` refuses statisticians with 403.
+PATIENT_DATA = Depends(require_roles(*PATIENT_DATA_ROLES))

@@ -168,6 +168,9 @@ class User(Base):
     # Subspecialty sections of the reader's pool they read for (empty: the general pool only).
     sections: Mapped[list[str]] = mapped_column(JSON, default=list)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Issue 7: access tokens issued before this instant are refused (disable, password reset,
+    # "log out everywhere"); None = no cut-off.
+    tokens_valid_after: Mapped[datetime | None]
 
     institution: Mapped[Institution] = relationship()
 
@@ -542,3 +545,78 @@ class Delivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+# --- Trust: tokens, login throttling and the audit trail (issue 7) --------------------------------
+
+
+class RefreshToken(Base):
+    """A refresh token (RFC 6749 §6), stored as its SHA-256 only; rotated on every use.
+
+    Tokens of one login share a ``family``: presenting a token that was already rotated (a
+    replay, RFC 9700 §4.14.2) revokes the whole family.
+    """
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    family: Mapped[str] = mapped_column(String(32), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginThrottle(Base):
+    """Failed logins counted per key (``user:<name>`` or ``addr:<client address>``)."""
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+
+
+class AuditChainHead(Base):
+    """The one row that serialises audit writers: its update locks, then the next record links to
+    ``last_hash`` and takes ``last_seq + 1``."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditRecord(Base):
+    """One audit event (IHE ITI-20 / DICOM PS3.15 A.5 semantics), append-only, hash-chained.
+
+    ``hash`` = SHA-256 over the canonical form of the record's fields and ``prev_hash``
+    (see :mod:`remote_dx.core.audit`), so changing or removing a record breaks the chain.
+    """
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    recorded_at: Mapped[datetime] = mapped_column(index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    # PS3.15 A.5.1 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious, 12 major.
+    outcome: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    username: Mapped[str | None] = mapped_column(String(200), index=True)
+    role: Mapped[str | None] = mapped_column(String(32))
+    institution: Mapped[str | None] = mapped_column(String(64))
+    patient: Mapped[str | None] = mapped_column(String(140), index=True)
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(200))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str | None] = mapped_column(String(8))
+    path: Mapped[str | None] = mapped_column(String(500))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

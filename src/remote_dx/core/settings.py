@@ -84,6 +84,23 @@ class Settings(BaseSettings):
     jwt_secret: str = ""
     jwt_algorithm: str = "HS256"
     access_token_minutes: int = 60 * 8
+    # Trust (issue 7): refresh tokens, login lock-out, optional OIDC (Keycloak) sign-in.
+    refresh_token_minutes: int = Field(
+        60 * 12, description="A refresh token (rotated on each use) is valid this long."
+    )
+    login_max_failures: int = Field(5, description="Failed logins per username before lock-out.")
+    login_max_failures_per_address: int = Field(
+        20, description="Failed logins from one client address before it is locked out."
+    )
+    login_failure_window_minutes: float = 15.0
+    login_lockout_minutes: float = 15.0
+    oidc_issuer: str = Field("", description="OIDC issuer (e.g. a Keycloak realm URL); empty: off.")
+    oidc_audience: str = ""
+    oidc_jwks_file: Path | None = None
+    oidc_jwks_url: str = ""
+    oidc_username_claim: str = "preferred_username"
+    oidc_algorithms: str = Field("RS256", description="Accepted JWS algorithms, comma-separated.")
+    oidc_jwks_cache_seconds: float = 300.0
 
     # Reading (issue 4).
     lease_minutes: float = Field(

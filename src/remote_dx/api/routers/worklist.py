@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from remote_dx.api.deps import AppSettings, CurrentUser, DbSession
+from remote_dx.api.deps import (
+    READING_ROLES,
+    AppSettings,
+    CurrentUser,
+    DbSession,
+    require_roles,
+)
 from remote_dx.api.routers.studies import StudyUID
 from remote_dx.core.clock import SHANGHAI
 from remote_dx.core.models import Priority, WorklistStatus
@@ -145,6 +151,7 @@ def post_claim(
 @router.post(
     "/worklist/{study_uid}/renew",
     summary="Extend the lease you hold (draft autosave calls this)",
+    dependencies=[Depends(require_roles(*READING_ROLES))],
     responses=_LEASE_RESPONSES,
     response_model=LeaseView,
 )

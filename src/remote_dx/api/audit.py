@@ -1,0 +1,231 @@
+"""Audit every request generically (IHE ATNA, DICOM PS3.15 A.5), so new routers are covered.
+
+:class:`AuditMiddleware` (pure ASGI) writes one :mod:`remote_dx.core.audit` record per request
+when the response starts — before the first byte of patient data leaves — with:
+
+- *who*: the user :func:`remote_dx.api.deps.current_user` noted on ``request.state`` (or the
+  username a login tried), role and institution, and the client address;
+- *what*: an action from the route — ``sign``/``amend``/``escalate``/… for the reading steps
+  (:data:`ROUTE_ACTIONS`), else ``view`` (a JSON read), ``download`` (a file: PDF, image, DICOM,
+  CSV), ``create``/``update``/``delete``/``execute`` by HTTP method — and the outcome
+  (EventOutcomeIndicator from the status code);
+- *on what*: the study of a ``{study_uid}``-style path parameter with its patient
+  (``PatientID^^^Issuer``, HL7 CX), found in the index.
+
+Routers add what only they know with :func:`note` (e.g. the login's username, an admin change's
+target). If the audit record cannot be written, a successful answer is replaced by 503: patient
+data is not disclosed unaudited.
+
+Not audited: liveness/readiness, metrics, API docs and static files (no patient data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+from sqlalchemy import select
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from remote_dx.core import audit as chain
+from remote_dx.core.models import Institution, Patient, Role, Study, User
+
+log = logging.getLogger(__name__)
+
+SKIP_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/favicon.ico",
+        "/api/v1/report-templates",
+        "/api/v1/report-signing-key",
+    }
+)
+
+# Reading and admin steps named by the last segments of their route (ATNA EventID terms of ours).
+ROUTE_ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/report/sign"): "sign",
+    ("POST", "/report/confirm"): "sign",
+    ("POST", "/report/amend"): "amend",
+    ("PUT", "/report/draft"): "draft",
+    ("POST", "/consultations"): "escalate",
+    ("POST", "/answer"): "consult-answer",
+    ("POST", "/reassign"): "reassign",
+    ("POST", "/claim"): "claim",
+    ("POST", "/renew"): "claim",
+    ("POST", "/release"): "release",
+    ("POST", "/acknowledge"): "acknowledge",
+    ("POST", "/deidentify"): "export",
+    ("GET", "/deidentify"): "export",
+}
+STUDY_PARAMS = ("study_uid", "study", "study_instance_uid", "StudyInstanceUID")
+_METHOD_ACTIONS = {"POST": "execute", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
+_FILE_TYPES = ("application/pdf", "application/dicom", "image/", "multipart/", "application/zip")
+
+
+def note(request: Any, *, user: User | None = None, **fields: Any) -> None:
+    """Add facts to the request's audit record (``action``, ``username``, ``patient``,
+    ``object_type``, ``object_id``, ``detail``={…}); ``user`` names the acting user."""
+    state = request.state
+    if user is not None:
+        state.audit_user = (user.id, user.username, Role(user.role).value, user.institution_id)
+    current: dict[str, Any] = getattr(state, "audit", None) or {}
+    detail = {**current.get("detail", {}), **fields.pop("detail", {})}
+    current.update(fields)
+    if detail:
+        current["detail"] = detail
+    state.audit = current
+
+
+def _action(method: str, route_path: str, content_type: str, noted: str | None) -> str:
+    if noted:
+        return noted
+    for (verb, suffix), action in ROUTE_ACTIONS.items():
+        if verb == method and route_path.endswith(suffix):
+            return action
+    if method in ("GET", "HEAD"):
+        if content_type.startswith("text/csv") or route_path.endswith("/export"):
+            return "export"
+        if content_type.startswith(_FILE_TYPES):
+            return "download"
+        return "view"
+    return _METHOD_ACTIONS.get(method, method.lower())
+
+
+def _study_uid(path_params: dict[str, Any]) -> str | None:
+    for name in STUDY_PARAMS:
+        value = path_params.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class AuditMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): streams such as server-sent events pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in SKIP_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = False
+        suppressed = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal started, suppressed
+            if suppressed:
+                return
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                headers = dict(message.get("headers") or [])
+                content_type = headers.get(b"content-type", b"").decode("latin-1")
+                status = int(message["status"])
+                written = await self._write(scope, status, content_type)
+                if not written and status < 400:
+                    suppressed = True
+                    await _send_unavailable(send)
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except Exception:
+            if not started:
+                started = True
+                await self._write(scope, 500, "")
+            raise
+
+    async def _write(self, scope: Scope, status: int, content_type: str) -> bool:
+        route = scope.get("route")
+        if route is None or isinstance(route, Mount):
+            return True  # no route matched (plain 404) or a static file: nothing to audit
+        try:
+            await anyio.to_thread.run_sync(_write_record, scope, status, content_type)
+        except Exception:
+            log.exception(
+                "audit record for %s %s could not be written", scope["method"], scope["path"]
+            )
+            return False
+        return True
+
+
+async def _send_unavailable(send: Send) -> None:
+    body = json.dumps(
+        {"detail": "the audit trail cannot be written right now; retry shortly"}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"5"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _write_record(scope: Scope, status: int, content_type: str) -> None:
+    app = scope["app"]
+    sessions = app.state.sessions
+    state: dict[str, Any] = scope.get("state") or {}
+    noted: dict[str, Any] = dict(state.get("audit") or {})
+    route = scope["route"]
+    route_path = getattr(route, "path", scope["path"])
+    method = scope["method"]
+    event = chain.AuditEvent(
+        action=_action(method, route_path, content_type, noted.pop("action", None)),
+        outcome=chain.outcome_of(status),
+        client_address=(scope.get("client") or (None,))[0],
+        method=method,
+        path=scope["path"],
+        status_code=status,
+    )
+    query = scope.get("query_string", b"").decode("latin-1")
+    detail: dict[str, Any] = {"route": route_path}
+    if query:
+        detail["query"] = query[:1000]
+    detail.update(noted.pop("detail", {}))
+    event.detail = detail
+    actor = state.get("audit_user")
+    institution_id = None
+    if actor is not None:
+        event.user_id, event.username, event.role, institution_id = actor
+    event.username = noted.pop("username", event.username)
+    study_uid = _study_uid(scope.get("path_params") or {})
+    if study_uid:
+        event.object_type, event.object_id = "study", study_uid
+    for name in ("patient", "object_type", "object_id"):
+        if name in noted:
+            setattr(event, name, noted.pop(name))
+    with sessions() as session:
+        if institution_id is not None:
+            event.institution = session.scalar(
+                select(Institution.code).where(Institution.id == institution_id)
+            )
+        if event.patient is None and event.object_type == "study" and event.object_id:
+            row = session.execute(
+                select(Patient.patient_id, Patient.issuer)
+                .join(Study, Study.patient_pk == Patient.id)
+                .where(Study.study_uid == event.object_id)
+            ).first()
+            if row is not None:
+                event.patient = patient_key(row[0], row[1])
+    chain.append(sessions, event)
+
+
+def patient_key(patient_id: str, issuer: str | None) -> str:
+    """A patient as an audit participant object: HL7 CX ``ID^^^Issuer`` (PS3.15 A.5.2.5)."""
+    return f"{patient_id}^^^{issuer}" if issuer else patient_id

@@ -1,0 +1,307 @@
+"""The audit trail: append-only records linked by a SHA-256 hash chain.
+
+Semantics follow IHE ATNA (ITI-20 "Record Audit Event") and the DICOM audit message schema
+(PS3.15 A.5): who (user, role, institution — the *active participant*), what (action, outcome per
+A.5.1 EventOutcomeIndicator 0/4/8/12), on what (patient and object — the *participant objects*,
+e.g. a Study Instance UID), from where (client network address) and when.
+
+Integrity: each record carries ``prev_hash`` (the previous record's ``hash``) and ``hash`` =
+SHA-256 over the canonical JSON of its own fields and ``prev_hash``; ``seq`` numbers records
+1, 2, 3 … without gaps. Changing, inserting or deleting a record therefore breaks the chain at
+that point, and :func:`verify_chain` names the first broken record. The head row
+(``audit_chain_head``) holds the last ``seq`` and ``hash``: it detects a truncated tail, and its
+``UPDATE`` is the lock that serialises writers — two concurrent appends can never link to the
+same predecessor, on SQLite (one writer at a time) and on PostgreSQL (row lock) alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from remote_dx.core.clock import utcnow
+from remote_dx.core.db import write_lock
+from remote_dx.core.models import AuditChainHead, AuditRecord
+
+GENESIS_HASH = "0" * 64
+HEAD_ID = 1
+
+# PS3.15 A.5.1 / RFC 3881 EventOutcomeIndicator.
+SUCCESS = 0
+MINOR_FAILURE = 4  # the request was refused (bad input, not allowed, not found)
+SERIOUS_FAILURE = 8  # the hub failed (5xx)
+MAJOR_FAILURE = 12
+
+# The fields the hash covers, in the order they appear in exports.
+HASHED_FIELDS = (
+    "seq",
+    "recorded_at",
+    "action",
+    "outcome",
+    "user_id",
+    "username",
+    "role",
+    "institution",
+    "patient",
+    "object_type",
+    "object_id",
+    "client_address",
+    "method",
+    "path",
+    "status_code",
+    "detail",
+)
+EXPORT_FIELDS = (*HASHED_FIELDS, "prev_hash", "hash")
+
+
+@dataclass
+class AuditEvent:
+    """What happened, before it gets its place in the chain."""
+
+    action: str
+    outcome: int = SUCCESS
+    user_id: int | None = None
+    username: str | None = None
+    role: str | None = None
+    institution: str | None = None
+    patient: str | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    client_address: str | None = None
+    method: str | None = None
+    path: str | None = None
+    status_code: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def outcome_of(status_code: int) -> int:
+    """The EventOutcomeIndicator of an HTTP answer."""
+    if status_code < 400:
+        return SUCCESS
+    if status_code < 500:
+        return MINOR_FAILURE
+    return SERIOUS_FAILURE
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return None if value is None else value[:length]
+
+
+def canonical(fields: Mapping[str, Any], prev_hash: str) -> bytes:
+    """The bytes hashed for one record: sorted-key compact JSON (UTF-8) of its fields."""
+    body: dict[str, Any] = {}
+    for name in HASHED_FIELDS:
+        value = fields.get(name)
+        body[name] = _timestamp(value) if isinstance(value, datetime) else value
+    body["prev_hash"] = prev_hash
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(fields: Mapping[str, Any], prev_hash: str) -> str:
+    return hashlib.sha256(canonical(fields, prev_hash)).hexdigest()
+
+
+def _fields(record: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in HASHED_FIELDS}
+
+
+def _ensure_head(session: Session) -> None:
+    """Create the head row where the schema was made without the migration (create_all)."""
+    if session.get(AuditChainHead, HEAD_ID) is None:
+        try:
+            with session.begin_nested():
+                session.add(AuditChainHead(id=HEAD_ID, last_seq=0, last_hash=GENESIS_HASH))
+        except IntegrityError:
+            pass  # another writer made it first
+
+
+def append(sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
+    """Write ``event`` as the next record of the chain, in a transaction of its own."""
+    # JSON round trip: the detail hashed is exactly the detail read back later.
+    detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
+    engine = sessions.kw["bind"]
+    with write_lock(engine):
+        for attempt in range(2):
+            with sessions() as session:
+                # The UPDATE comes first: it takes the write lock (SQLite) or the row lock
+                # (PostgreSQL) before anything of the chain is read.
+                row = session.execute(
+                    update(AuditChainHead)
+                    .where(AuditChainHead.id == HEAD_ID)
+                    .values(last_seq=AuditChainHead.last_seq + 1)
+                    .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+                ).first()
+                if row is None:
+                    if attempt:
+                        raise RuntimeError("the audit chain head cannot be created")
+                    _ensure_head(session)
+                    session.commit()
+                    continue
+                seq, prev_hash = int(row[0]), str(row[1])
+                record = AuditRecord(
+                    seq=seq,
+                    recorded_at=utcnow(),
+                    action=event.action[:32],
+                    outcome=event.outcome,
+                    user_id=event.user_id,
+                    username=_clip(event.username, 200),
+                    role=event.role,
+                    institution=_clip(event.institution, 64),
+                    patient=_clip(event.patient, 140),
+                    object_type=_clip(event.object_type, 32),
+                    object_id=_clip(event.object_id, 200),
+                    client_address=_clip(event.client_address, 64),
+                    method=event.method,
+                    path=_clip(event.path, 500),
+                    status_code=event.status_code,
+                    detail=detail,
+                    prev_hash=prev_hash,
+                )
+                record.hash = record_hash(_fields(record), prev_hash)
+                session.add(record)
+                session.execute(
+                    update(AuditChainHead)
+                    .where(AuditChainHead.id == HEAD_ID)
+                    .values(last_hash=record.hash)
+                )
+                session.commit()
+                return record
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The result of :func:`verify_chain`; ``broken_seq`` is the first record that fails."""
+
+    ok: bool
+    records: int
+    broken_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(session: Session, *, batch: int = 1000) -> ChainCheck:
+    """Recompute every record's hash and link, in ``seq`` order; stop at the first break."""
+    expected_seq = 1
+    prev_hash = GENESIS_HASH
+    count = 0
+    statement = select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=batch)
+    for record in session.scalars(statement):
+        if record.seq != expected_seq:
+            what = "missing" if record.seq > expected_seq else "duplicated or out of order"
+            return ChainCheck(
+                False, count, expected_seq, f"record {expected_seq} is {what} (found {record.seq})"
+            )
+        if record.prev_hash != prev_hash:
+            return ChainCheck(
+                False, count, record.seq, "its prev_hash is not the previous record's hash"
+            )
+        if record_hash(_fields(record), record.prev_hash) != record.hash:
+            return ChainCheck(False, count, record.seq, "its content does not match its hash")
+        prev_hash = record.hash
+        expected_seq += 1
+        count += 1
+    head = session.get(AuditChainHead, HEAD_ID)
+    last_seq = expected_seq - 1
+    if head is not None and (head.last_seq != last_seq or head.last_hash != prev_hash):
+        if head.last_seq > last_seq:
+            return ChainCheck(
+                False,
+                count,
+                last_seq + 1,
+                f"the chain ends at {last_seq} but the head says {head.last_seq}: "
+                "records were removed from the end",
+            )
+        return ChainCheck(False, count, head.last_seq, "the head does not match the last record")
+    return ChainCheck(True, count)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of an audit search; ``patient`` and ``user`` match exactly, times are UTC."""
+
+    user: str | None = None
+    patient: str | None = None
+    action: str | None = None
+    object_id: str | None = None
+    outcome: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def search_statement(query: AuditQuery) -> Select[tuple[AuditRecord]]:
+    statement = select(AuditRecord)
+    if query.user:
+        statement = statement.where(AuditRecord.username == query.user)
+    if query.patient:
+        statement = statement.where(AuditRecord.patient == query.patient)
+    if query.action:
+        statement = statement.where(AuditRecord.action == query.action)
+    if query.object_id:
+        statement = statement.where(AuditRecord.object_id == query.object_id)
+    if query.outcome is not None:
+        statement = statement.where(AuditRecord.outcome == query.outcome)
+    if query.since is not None:
+        statement = statement.where(AuditRecord.recorded_at >= query.since)
+    if query.until is not None:
+        statement = statement.where(AuditRecord.recorded_at < query.until)
+    return statement
+
+
+def search(session: Session, query: AuditQuery) -> list[AuditRecord]:
+    statement = search_statement(query).order_by(AuditRecord.seq.desc())
+    return list(session.scalars(statement.limit(query.limit).offset(query.offset)))
+
+
+def as_row(record: AuditRecord) -> dict[str, Any]:
+    row = {name: getattr(record, name) for name in EXPORT_FIELDS}
+    row["recorded_at"] = _timestamp(record.recorded_at)
+    return row
+
+
+def iter_records(session: Session, query: AuditQuery | None = None) -> Iterator[AuditRecord]:
+    """All records matching ``query`` (no paging) in chain order, streamed."""
+    statement = search_statement(query or AuditQuery()).order_by(AuditRecord.seq)
+    yield from session.scalars(statement.execution_options(yield_per=1000))
+
+
+def write_csv(records: Iterable[AuditRecord], out: TextIO) -> int:
+    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    count = 0
+    for record in records:
+        row = as_row(record)
+        row["detail"] = json.dumps(row["detail"], ensure_ascii=False, sort_keys=True)
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def write_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
+    """One JSON object per line, with both hashes, so a copy can be verified elsewhere."""
+    count = 0
+    for record in records:
+        out.write(json.dumps(as_row(record), ensure_ascii=False, sort_keys=True) + "\n")
+        count += 1
+    return count
+
+
+def csv_text(records: Iterable[AuditRecord]) -> str:
+    buffer = io.StringIO()
+    write_csv(records, buffer)
+    return buffer.getvalue()
