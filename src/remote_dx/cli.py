@@ -345,5 +345,44 @@ def restore(
     typer.echo(f"restored {result.database} database and {result.objects} objects")
 
 
+@app.command()
+def deidentify(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID")],
+    out_dir: Annotated[Path, typer.Argument(help="folder for the de-identified DICOM files")],
+    data_dir: DataDir = None,
+) -> None:
+    """Export a study de-identified (DICOM PS3.15 basic profile) as DICOM files in OUT_DIR."""
+    from remote_dx.core.db import session_scope
+    from remote_dx.core.errors import NotFound
+    from remote_dx.imaging.deidentify import deidentify_study
+    from remote_dx.storage.factory import get_store
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        with session_scope(settings) as session:
+            result = deidentify_study(session, get_store(settings), study_uid)
+    except NotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for name, data in result.files:
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "README.txt").write_text(result.readme(), encoding="utf-8")
+    typer.echo(
+        f"{len(result.files)} instances de-identified as study {result.study_uid} "
+        f"(patient {result.pseudonym.patient_id}), {len(result.skipped)} left out"
+    )
+
+
+@app.command()
+def conformance() -> None:
+    """Print the DICOM conformance statement (Markdown), generated from the code."""
+    from remote_dx.ingest.conformance import conformance_statement
+
+    typer.echo(conformance_statement(), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

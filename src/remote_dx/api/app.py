@@ -25,6 +25,7 @@ from remote_dx.api.routers import (
     audit,
     auth,
     consultations,
+    deidentify,
     dicomweb,
     ecg,
     events,
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(worklist.router)
     app.include_router(alerts.router)
     app.include_router(studies.router)
+    app.include_router(deidentify.router)  # /studies/{uid}/deidentified (issue 7)
     app.include_router(ecg.router)
     app.include_router(routing.router)
     app.include_router(consultations.router)
