@@ -82,7 +82,7 @@ def build(settings: Settings, sessions: sessionmaker[Session], store: ObjectStor
     rng = np.random.default_rng(7)
     key = load_signing_key(settings)
     with sessions() as session:
-        apply_network(session, EXTRA_NETWORK, with_passwords=False)
+        apply_network(session, EXTRA_NETWORK, with_passwords=True)
         session.commit()
         users = {u.username: u for u in session.scalars(select(User))}
         senders = {}
