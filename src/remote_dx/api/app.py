@@ -35,6 +35,7 @@ from remote_dx.api.routers import (
     report_exports,
     reports,
     routing,
+    stats,
     studies,
     verify,
     worklist,
@@ -72,6 +73,7 @@ OPENAPI_TAGS = [
     {"name": "alerts", "description": "Critical results (危急值): acknowledge by a named person"},
     {"name": "reports", "description": "Report templates, drafts, sign, confirm, amend"},
     {"name": "recognition", "description": "结果互认: a patient's recognisable signed results"},
+    {"name": "stats", "description": "Statistics for the health commission: tables, CSV, XLSX"},
     {"name": "verify", "description": "Check a printed report by its code (no login)"},
     {"name": "dicomweb", "description": "DICOMweb (PS3.18): QIDO-RS, WADO-RS, WADO-URI, STOW-RS"},
     {"name": "health", "description": "Liveness and readiness probes"},
@@ -165,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(recognition.router)
     app.include_router(verify.router)
+    app.include_router(stats.router)
     app.include_router(dicomweb.router)
     mount_viewer(app)  # the browser viewer at / when viewer/dist is built; steps aside for routes
     return app

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -307,6 +308,9 @@ class WorklistItem(Base):
     claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     claimed_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # When the signer's claim began; kept when signing clears the lease (claim → sign statistics,
+    # migration 0005_stats).
+    signed_claim_at: Mapped[datetime | None]
     # 0 = the pool it was first routed to; each escalation (manual or automatic) adds one.
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
     escalated_at: Mapped[datetime | None]
@@ -620,3 +624,26 @@ class AuditRecord(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- Statistics (issue 6) -------------------------------------------------------------------------
+
+# Dashboards select studies by their receiving time (the SLA clock's start), migration 0005_stats.
+Index("ix_studies_received_at", Study.received_at)
+
+
+class RecognitionUse(Base):
+    """结果互认 in use: a member institution accepted a signed result instead of examining the
+    patient again (an exam avoided). Recorded by ``POST /api/v1/recognition/{verify_code}/use``;
+    the registry lookup alone does not count (a lookup may end in a new exam)."""
+
+    __tablename__ = "recognition_uses"
+    __table_args__ = (UniqueConstraint("report_id", "institution_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    exam: Mapped[str] = mapped_column(String(64))  # the report's template code
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

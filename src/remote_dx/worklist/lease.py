@@ -459,6 +459,11 @@ def mark_signed(session: Session, study_pk: int, *, by_user_id: int, final: bool
             claimed_by_id=None,
             claimed_at=None,
             lease_expires_at=None,
+            # SET reads the row as it was: the signer's claim time survives for statistics.
+            signed_claim_at=case(
+                (WorklistItem.claimed_by_id == by_user_id, WorklistItem.claimed_at),
+                else_=WorklistItem.signed_claim_at,
+            ),
         )
         .execution_options(synchronize_session=False)
     )
