@@ -16,7 +16,7 @@ from remote_dx.ecg.analysis.preprocess import Array, filt
 
 FLAT_PTP_MV = 0.05  # a connected lead shows at least QRS-sized deflections
 SATURATION_SHARE = 0.01  # ≥ 1 % of samples pinned at the extreme value ...
-CLIP_EXCURSION = 0.25  # ... an extreme this share of the range away from the median ...
+CLIP_EXCURSION = 0.05  # ... an extreme at least this share of the range off the median ...
 RAIL_HOLD_S = 1.5  # ... or held unchanged this long
 NOISE_FAIR_MV = 0.05  # RMS above 40 Hz
 NOISE_POOR_MV = 0.15
@@ -71,11 +71,13 @@ def _saturated(x: Array, fs: float) -> np.ndarray:
     """Per lead: clipped at an ADC / amplifier rail.
 
     A clipped wave sits at the lead's own extreme for many samples (≥ ``SATURATION_SHARE``), and
-    that extreme is an excursion away from the baseline (the lead's median): the top of a
-    truncated R or T. A flat baseline that happens to be the extreme — every sample-exact
-    periodic synthetic ECG whose waves all point one way — is not clipping. A lead held at the
-    rail (electrode off, DC offset beyond the input range) is: its extreme is its baseline, but
-    it stays there unchanged for ``RAIL_HOLD_S`` or longer, which no ECG baseline does.
+    that extreme lies off the baseline (the lead's median) by ``CLIP_EXCURSION`` of the range or
+    more: the cut top of an R or T, a cut S or ST dip (LUDB 115 and 120 have such clips). A flat
+    baseline that is itself the extreme — a sample-exact periodic synthetic ECG whose waves all
+    point one way has its median within 0.2 % of the range from it — is not clipping. A lead
+    held at the rail (electrode off, DC offset beyond the input range) is: its extreme is its
+    baseline, but it stays there unchanged for ``RAIL_HOLD_S`` or longer, which no ECG baseline
+    does.
     """
     hi = x.max(axis=1, keepdims=True)
     lo = x.min(axis=1, keepdims=True)
