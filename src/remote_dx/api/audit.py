@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
 import anyio
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remote_dx.core import audit as chain
+from remote_dx.core import db as core_db
 from remote_dx.core.models import Institution, Patient, Role, Study, User
 
 log = logging.getLogger(__name__)
+_engine_lock = threading.Lock()
 
 SKIP_PATHS = frozenset(
     {
@@ -177,9 +181,21 @@ async def _send_unavailable(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def audit_sessions(url: str) -> sessionmaker[Session]:
+    """Sessions on an engine of the audit trail's own: its writes neither wait for nor count
+    against the requests' connection pool. Registered beside the core engines so that
+    :func:`remote_dx.core.db.dispose_engines` closes it too."""
+    key = f"{url}#audit"
+    with _engine_lock:
+        engine = core_db._engines.get(key)
+        if engine is None:
+            engine = core_db._engines[key] = core_db.make_engine(url)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 def _write_record(scope: Scope, status: int, content_type: str) -> None:
     app = scope["app"]
-    sessions = app.state.sessions
+    sessions = audit_sessions(app.state.settings.resolved_database_url)
     state: dict[str, Any] = scope.get("state") or {}
     noted: dict[str, Any] = dict(state.get("audit") or {})
     route = scope["route"]
