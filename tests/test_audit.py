@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import threading
 from datetime import timedelta
@@ -63,7 +64,7 @@ def test_records_link_and_verify(db: sessionmaker[Session]) -> None:
         records = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
         assert [r.seq for r in records] == [1, 2, 3, 4, 5]
         assert records[0].prev_hash == chain.GENESIS_HASH
-        for before, after in zip(records, records[1:], strict=False):
+        for before, after in itertools.pairwise(records):
             assert after.prev_hash == before.hash
         assert records[2].detail == {"note": "王小东", "n": 2}
         assert chain.verify_chain(session) == chain.ChainCheck(True, 5)
@@ -115,7 +116,7 @@ def _hammer(sessions: sessionmaker[Session], threads: int, each: int) -> None:
         try:
             for n in range(each):
                 chain.append(sessions, _event(k * 1000 + n))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
@@ -132,9 +133,7 @@ def test_parallel_appends_keep_one_chain_on_sqlite(db: sessionmaker[Session]) ->
         assert chain.verify_chain(session) == chain.ChainCheck(True, 120)
 
 
-def test_parallel_appends_keep_one_chain_on_postgresql(
-    tmp_path, postgres_database: str
-) -> None:
+def test_parallel_appends_keep_one_chain_on_postgresql(tmp_path, postgres_database: str) -> None:
     settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
     upgrade(settings)
     sessions = get_sessionmaker(settings)

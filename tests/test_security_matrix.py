@@ -437,9 +437,7 @@ def _empty(response: Any) -> bool:
     if isinstance(body, list):
         return not body
     if isinstance(body, dict):
-        return body.get("total") == 0 and not any(
-            v for v in body.values() if isinstance(v, list)
-        )
+        return body.get("total") == 0 and not any(v for v in body.values() if isinstance(v, list))
     return False
 
 
@@ -492,14 +490,14 @@ def test_route_role_institution_matrix(world: World) -> None:
             if got >= 500:
                 failures.append(f"{who}: {got} {response.text[:200]}")
             elif want == "ok":
-                bad = (row.ok and got not in row.ok) or (
-                    not row.ok and got in (401, 403, 404)
-                )
+                bad = (row.ok and got not in row.ok) or (not row.ok and got in (401, 403, 404))
                 if got == 404 and row.own_404 and row.own_404 in response.text:
                     bad = False
                 if bad:
-                    failures.append(f"{who}: {got}, expected {sorted(row.ok) or 'allowed'} "
-                                    f"{response.text[:200]}")
+                    failures.append(
+                        f"{who}: {got}, expected {sorted(row.ok) or 'allowed'} "
+                        f"{response.text[:200]}"
+                    )
             elif got == 200 and "empty" in want.split("|") and _empty(response):
                 pass
             elif str(got) not in want.split("|"):
