@@ -23,12 +23,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core.clock import utcnow
+from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import Device, Institution, Study, StudyStatus, WorklistItem
-from remote_dx.core.settings import Settings
+from remote_dx.core.network import apply_network, load_network_file
+from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.dicomweb.metadata import metadata_key
 from remote_dx.dicomweb.multipart import parse_media_type
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.factory import get_store
+from tests.support import DEMO_NETWORK
 
 COUNTY, PROVINCE = "XXXRMYY", "HNSRMYY"
 
@@ -65,6 +69,10 @@ def _instance(
 
 @pytest.fixture
 def archive(settings: Settings, db: sessionmaker[Session]) -> dict[str, Filed]:
+    return file_archive(settings, db)
+
+
+def file_archive(settings: Settings, db: sessionmaker[Session]) -> dict[str, Filed]:
     """Three studies: two from XIPING routed to the county pool, one from DINGHE routed to the
     province (the county reader must not see it)."""
     store = get_store(settings)
@@ -451,3 +459,22 @@ def test_errors(client: TestClient, archive: dict[str, Filed]) -> None:
     warned = client.get("/dicom-web/studies", params={"PatientWeight": "70"}, headers=auth)
     assert warned.status_code == 200 and "PatientWeight" in warned.headers["warning"]
     # Statisticians see aggregates, never patients.
+
+
+@pytest.mark.postgres
+def test_on_postgres(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same searches and retrieves on PostgreSQL (ILIKE, LIKE … ESCAPE, EXISTS, ranges)."""
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
+    reset_settings()
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    archive = file_archive(pg, get_sessionmaker(pg))
+    client = TestClient(create_app(pg))
+    test_qido_studies_matching_and_scope(client, archive)
+    test_qido_series_and_instances(client, archive)
+    test_frames_stored_and_transcoded(client, archive)
+    test_errors(client, archive)
