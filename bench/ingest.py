@@ -183,22 +183,27 @@ def _send(
     return elapsed, acked, error
 
 
-def make_peer(mode: str, workdir: Path, weed: s3.SeaweedS3 | None) -> Peer:
+def make_peer(mode: str, workdir: Path, weed: s3.SeaweedS3 | None, processes: int = 1) -> Peer:
     if mode == "orthanc":
         return orthanc.OrthancPeer(workdir, free_port(), free_port())
     if mode == "embedded":
-        return ReceiverPeer(mode, workdir, free_port())
+        return ReceiverPeer(mode, workdir, free_port(), processes=processes)
     assert weed is not None
     target = S3Target(weed.endpoint, s3.ACCESS_KEY, s3.SECRET_KEY)
-    return ReceiverPeer(mode, workdir, free_port(), postgres=True, s3=target)
+    return ReceiverPeer(mode, workdir, free_port(), postgres=True, s3=target, processes=processes)
 
 
 def run_one(
-    mode: str, corpus: Corpus, parallel: int, scratch: Path, weed: s3.SeaweedS3 | None
+    mode: str,
+    corpus: Corpus,
+    parallel: int,
+    scratch: Path,
+    weed: s3.SeaweedS3 | None,
+    processes: int = 1,
 ) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix=f"{mode}-{corpus.kind}-{parallel}-", dir=scratch))
     megabytes = corpus.total_bytes / 1e6
-    peer = make_peer(mode, workdir, weed)
+    peer = make_peer(mode, workdir, weed, processes)
     try:
         peer.start()
         os.sync()  # start from a quiet disk: nothing of the previous run still being written
@@ -368,6 +373,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache", type=Path, default=None, help=f"corpus cache (default {default_cache()})"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="receiver processes of our peers (remote-dx scp --processes; default: one per "
+        "CPU, as Orthanc's threads use every core)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -414,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     modes = available_modes(args.modes)
     print_versions(modes)
+    print(f"our receiver: remote-dx scp --processes {args.processes}\n")
     if not modes:
         return 0
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
@@ -441,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             for parallel in args.parallel:
                 for _ in range(args.repeat):
                     for mode in modes:
-                        result = run_one(mode, corpus, parallel, scratch, weed)
+                        result = run_one(mode, corpus, parallel, scratch, weed, args.processes)
                         results.append(result)
                         status = result.error or (
                             f"{result.seconds:.2f} s, {result.images_per_s:.1f} images/s, "

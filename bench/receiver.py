@@ -147,6 +147,7 @@ class ReceiverPeer:
         postgres: bool = False,
         s3: S3Target | None = None,
         extra_env: dict[str, str] | None = None,
+        processes: int = 1,
     ) -> None:
         self.name = name
         self.workdir = workdir
@@ -154,6 +155,7 @@ class ReceiverPeer:
         self.database = PostgresDatabase() if postgres else None
         self.s3 = s3
         self.extra_env = extra_env or {}
+        self.processes = processes
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
         self._engine: Engine | None = None
@@ -201,6 +203,7 @@ class ReceiverPeer:
             str(settings.data_dir),
             "--dicom-port",
             str(self.port),
+            *(["--processes", str(self.processes)] if self.processes > 1 else []),
         ]
         self.proc = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -461,3 +462,175 @@ def test_each_association_gets_its_own_copy_of_the_supported_contexts() -> None:
     assert contexts[0].context_id is None
     assert "1.2.840.10008.1.2.2" not in contexts[0].transfer_syntax
     assert contexts[0].scp_role is None
+
+
+# -- ingest on SQLite through sqlite3 itself (ingest/instance.py _file_on_sqlite) -------------
+
+
+def _rows(sessions: sessionmaker[Session]) -> dict[str, list[dict[str, object]]]:
+    """Every row of the four index tables, without ids and with times as (type, tz) only."""
+    from sqlalchemy import inspect as sa_inspect
+
+    from remote_dx.core.models import Patient
+
+    out: dict[str, list[dict[str, object]]] = {}
+    with sessions() as session:
+        for model in (Patient, Study, Series, Instance):
+            rows = []
+            for obj in session.scalars(select(model).order_by(model.id)):
+                values: dict[str, object] = {}
+                for attr in sa_inspect(model).column_attrs:
+                    value = getattr(obj, attr.key)
+                    if attr.key == "id" or attr.key.endswith("_pk"):
+                        continue
+                    if hasattr(value, "tzinfo"):
+                        value = ("datetime", str(value.tzinfo))
+                    values[attr.key] = value
+                rows.append(values)
+            out[model.__tablename__] = rows
+    return out
+
+
+def test_sqlite_filing_writes_the_rows_sqlalchemy_writes(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sqlite3 fast path and the SQLAlchemy path give the same rows (defaults and types too)."""
+    import remote_dx.ingest.instance as instance_module
+    from remote_dx.core.db import get_sessionmaker, session_scope
+    from remote_dx.core.migrate import upgrade
+    from remote_dx.core.network import apply_network, load_network_file
+    from tests.support import DEMO_NETWORK
+
+    other = settings.model_copy(update={"data_dir": tmp_path / "other"})
+    upgrade(other)
+    with session_scope(other) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=False)
+    other_db = get_sessionmaker(other)
+    with db() as session:
+        device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))
+        assert device is not None
+        sender = Sender.of(device)
+    study = "1.2.826.0.1.3680043.8.498.77"
+    payloads = [
+        make_copy(name, tmp_path, study_uid=study if index < 2 else None).read_bytes()
+        for index, name in enumerate(["CT_small.dcm", "CT_small.dcm", "waveform_ecg.dcm"])
+    ]
+    fast = [
+        file_instance(p, store=FileStore(tmp_path / "a"), sessions=db, sender=sender)
+        for p in [*payloads, payloads[0]]
+    ]
+    monkeypatch.setattr(instance_module, "sqlite_file", lambda engine: None)  # the generic path
+    slow = [
+        file_instance(p, store=FileStore(tmp_path / "b"), sessions=other_db, sender=sender)
+        for p in [*payloads, payloads[0]]
+    ]
+    assert fast == slow
+    assert [r.duplicate for r in fast] == [False, False, False, True]
+    fast_rows, slow_rows = _rows(db), _rows(other_db)
+    assert fast_rows == slow_rows
+    assert fast_rows["studies"][0]["status"] == "receiving"
+    assert fast_rows["studies"][0]["num_instances"] == 2
+    assert fast_rows["studies"][0]["validation_problems"] == []
+    assert fast_rows["instances"][0]["received_at"] == ("datetime", "UTC")
+
+
+def test_sqlite_filing_maps_a_lost_database_to_database_unavailable(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from remote_dx.core.errors import DatabaseUnavailable
+
+    with db() as session:
+        device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))
+        assert device is not None
+        sender = Sender.of(device)
+    gone = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'db.sqlite3'}"))
+    data = make_copy("CT_small.dcm", tmp_path).read_bytes()
+    with pytest.raises(DatabaseUnavailable):
+        file_instance(data, store=FileStore(tmp_path / "objects"), sessions=gone, sender=sender)
+
+
+# -- association negotiation: UID validation remembered (ingest/transport.py) ----------------
+
+
+def test_uid_validation_is_remembered_but_still_refuses_bad_uids() -> None:
+    from pynetdicom import pdu_items
+
+    import remote_dx.ingest.transport  # noqa: F401  (installs the memoised set_uid)
+
+    first = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    again = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    assert first == "1.2.840.10008.1.2.1" and again is first
+    for _ in range(2):  # a refusal is never remembered as a success
+        with pytest.raises(ValueError):
+            pdu_items.set_uid(b"1.2." + b"3" * 70, "Abstract Syntax Name")  # > 64 characters
+    assert pdu_items.set_uid(None, "Abstract Syntax Name") is None
+
+
+# -- several receiver processes: the dispatcher (ingest/transport.py) -------------------------
+
+
+def _passed(channel: socket.socket, timeout: float) -> socket.socket | None:
+    channel.settimeout(timeout)
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(channel, 16, 4)
+    except TimeoutError:
+        return None
+    assert len(fds) == 1
+    return socket.socket(fileno=fds[0])
+
+
+def test_dispatcher_hands_connections_to_the_least_loaded_ready_process() -> None:
+    from remote_dx.ingest.transport import AssociationDispatcher
+
+    dispatcher = AssociationDispatcher(("127.0.0.1", 0))
+    pairs = [socket.socketpair() for _ in range(2)]
+    for ours, _theirs in pairs:
+        dispatcher.add(ours)
+    dispatcher.start()
+    workers = [theirs for _ours, theirs in pairs]
+    clients: list[socket.socket] = []
+    held: list[socket.socket] = []
+
+    def connect() -> None:
+        clients.append(socket.create_connection(dispatcher.address, timeout=5))
+
+    def receiver_of_next() -> int:
+        connect()
+        for _ in range(50):
+            for index, worker in enumerate(workers):
+                got = _passed(worker, 0.05)
+                if got is not None:
+                    held.append(got)
+                    return index
+        raise AssertionError("connection not handed over")
+
+    try:
+        connect()  # nobody is ready: the connection waits in the backlog
+        assert all(_passed(worker, 0.2) is None for worker in workers)
+        workers[0].send(b"+")  # one of two: still waiting for the other
+        assert all(_passed(worker, 0.2) is None for worker in workers)
+        workers[1].send(b"+")
+        first = None
+        for _ in range(100):
+            got = [_passed(worker, 0.05) for worker in workers]
+            if any(got):
+                first = next(index for index, sock in enumerate(got) if sock is not None)
+                held.extend(sock for sock in got if sock is not None)
+                break
+        assert first is not None, "the waiting connection was not handed over"
+        other = 1 - first
+        assert receiver_of_next() == other  # the idle one
+        assert dispatcher.loads() == [1, 1]
+        workers[other].send(b"-")  # its association ended
+        wait_until(lambda: dispatcher.loads()[other] == 0, timeout=5)
+        assert receiver_of_next() == other
+        workers[first].send(b"-")
+        wait_until(lambda: dispatcher.loads()[first] == 0, timeout=5)
+        assert receiver_of_next() == first
+        workers[first].close()  # a receiver process dies: the other one takes everything
+        wait_until(lambda: not dispatcher.states()[first][0], timeout=5)
+        assert [receiver_of_next() for _ in range(3)] == [other] * 3
+    finally:
+        dispatcher.stop()
+        for sock in [*clients, *held, *workers]:
+            sock.close()

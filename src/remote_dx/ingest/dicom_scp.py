@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import multiprocessing
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -548,14 +549,30 @@ class _DeferredHandshakeContext(ssl.SSLContext):
 
 
 def _serve(
-    ae: AE, settings: Settings, scp: StorageSCP, *, reuse_port: bool
+    ae: AE,
+    settings: Settings,
+    scp: StorageSCP,
+    *,
+    reuse_port: bool,
+    channel: socket.socket | None = None,
 ) -> ThreadedAssociationServer:
-    """What ``AE.start_server(block=False)`` does, with our server and request handler classes."""
+    """What ``AE.start_server(block=False)`` does, with our server and request handler classes.
+
+    With ``channel`` the server listens on no port: it serves the connections an
+    :class:`~remote_dx.ingest.transport.AssociationDispatcher` passes over that Unix socket.
+    """
+    from remote_dx.ingest.transport import passed_connection_server
+
+    server_class: type[ReceiverServer]
+    if channel is not None:
+        server_class = passed_connection_server(channel)
+    else:
+        server_class = ReuseportServer if reuse_port else ReceiverServer
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port),
         evt_handlers=scp.handlers(),  # type: ignore[arg-type]
         ssl_context=server_ssl_context(settings),  # None unless RDX_DICOM_TLS_CERT is set
-        server_class=ReuseportServer if reuse_port else ReceiverServer,
+        server_class=server_class,
         request_handler=FastRequestHandler,
     )
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
@@ -570,10 +587,13 @@ def start_receiver(
     store: ObjectStore | None = None,
     sessions: sessionmaker[Session] | None = None,
     reuse_port: bool = False,
+    channel: socket.socket | None = None,
 ) -> Receiver:
     """Start the receiver in background threads and return at once (the schema must exist).
 
-    ``reuse_port`` lets several receiver processes listen on the same port (SO_REUSEPORT).
+    ``reuse_port`` lets several receiver processes listen on the same port (SO_REUSEPORT);
+    ``channel`` makes this a receiver process of :func:`run_receiver` that takes its
+    connections from the dispatcher instead of a port.
     """
     sessions = sessions or get_sessionmaker(settings)
     scp = StorageSCP(
@@ -583,7 +603,7 @@ def start_receiver(
         ae_title=settings.ae_title,
     )
     ae = make_ae(settings)
-    server = _serve(ae, settings, scp, reuse_port=reuse_port)
+    server = _serve(ae, settings, scp, reuse_port=reuse_port, channel=channel)
     receiver = Receiver(ae=ae, server=server, scp=scp)
     log.info(
         "DICOM receiver %s listening on %s:%d (max %d associations%s)",
@@ -591,7 +611,7 @@ def start_receiver(
         receiver.host,
         receiver.port,
         settings.dicom_max_associations,
-        ", port shared" if reuse_port else "",
+        ", port shared" if reuse_port or channel is not None else "",
     )
     return receiver
 
@@ -599,31 +619,49 @@ def start_receiver(
 def run_receiver(settings: Settings, processes: int = 1) -> None:
     """Run the receiver in the foreground until Ctrl-C or SIGTERM (``remote-dx scp``).
 
-    With ``processes`` > 1 this process and ``processes - 1`` children each run a receiver on
-    the same port (SO_REUSEPORT: the kernel hands each new association to one of them), so
-    parsing and filing of parallel associations are not limited to one core by the GIL. Worth
-    it on machines with cores to spare: on the 2-core bench machine four storescu senders left
-    none, the flushes were the limit, and SQLite writers of one study in two processes were
-    slower than in one (CT ×4: ~110 vs ~150/s), hence the default of 1. Children that die are
-    started again; SIGTERM stops them all.
+    With ``processes`` > 1 this process only accepts connections on the DICOM port and hands
+    each, as a file descriptor, to the one of ``processes`` receiver processes that has the
+    fewest open associations (:class:`~remote_dx.ingest.transport.AssociationDispatcher`), so
+    parsing and filing of parallel associations are spread over the cores despite the GIL.
+    SO_REUSEPORT, tried first, let the kernel pick by a hash of the addresses and often put
+    three of four associations on one process. Receiver processes that die are started
+    again; SIGTERM stops them all after their associations end (up to 10 s).
     """
     _configure_logging(settings)
     if processes <= 1:
         _serve_until_stopped(start_receiver(settings))
         return
-    receiver = start_receiver(settings, reuse_port=True)
-    # The children bind the port this process got (it may have asked for port 0).
-    child_settings = settings.model_copy(update={"dicom_port": receiver.port})
+    from remote_dx.ingest.transport import AssociationDispatcher
+
+    dispatcher = AssociationDispatcher((settings.dicom_host, settings.dicom_port))
+    # The receivers report the port this process got (it may have asked for port 0).
+    child_settings = settings.model_copy(update={"dicom_port": dispatcher.address[1]})
     context = multiprocessing.get_context("spawn")
 
-    def spawn() -> BaseProcess:
+    def spawn() -> tuple[BaseProcess, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child = context.Process(
-            target=_receiver_process, args=(child_settings,), name="remote-dx-scp", daemon=False
+            target=_receiver_process,
+            args=(child_settings, theirs),
+            name="remote-dx-scp",
+            daemon=False,
         )
         child.start()
-        return child
+        theirs.close()
+        return child, ours
 
-    children = [spawn() for _ in range(processes - 1)]
+    children: list[BaseProcess] = []
+    for _ in range(processes):
+        child, channel = spawn()
+        children.append(child)
+        dispatcher.add(channel)
+    dispatcher.start()
+    log.info(
+        "DICOM receiver %s accepting on %s:%d for %d receiver processes",
+        settings.ae_title,
+        *dispatcher.address,
+        processes,
+    )
     stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -636,14 +674,15 @@ def run_receiver(settings: Settings, processes: int = 1) -> None:
                         child.pid,
                         child.exitcode,
                     )
-                    children[index] = spawn()
+                    children[index], channel = spawn()
+                    dispatcher.replace(index, channel)
     except KeyboardInterrupt:
         pass
     finally:
+        dispatcher.stop()  # no new associations; the children's channels close
         for child in children:
             if child.is_alive():
                 child.terminate()  # SIGTERM: each finishes its associations like `remote-dx scp`
-        receiver.stop(timeout=10.0)
         for child in children:
             child.join(timeout=15.0)
             if child.is_alive():
@@ -651,11 +690,15 @@ def run_receiver(settings: Settings, processes: int = 1) -> None:
                 child.join()
 
 
-def _receiver_process(settings: Settings) -> None:
-    """A child of :func:`run_receiver`: one more receiver on the shared port."""
+def _receiver_process(settings: Settings, channel: socket.socket) -> None:
+    """A child of :func:`run_receiver`: a receiver serving the connections passed to it."""
     _configure_logging(settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
-    _serve_until_stopped(start_receiver(settings, reuse_port=True))
+    receiver = start_receiver(settings, channel=channel)
+    ready = getattr(receiver.server, "ready", None)
+    if ready is not None:
+        ready()
+    _serve_until_stopped(receiver)
 
 
 def _configure_logging(settings: Settings) -> None:

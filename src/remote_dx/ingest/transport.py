@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import queue
 import select
+import signal
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, cast
@@ -53,6 +56,55 @@ def set_tcp_nodelay(event: Event) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_tcp_nodelay)
+
+
+# -- association negotiation: each UID validated once, not once per context -----------------
+#
+# An A-ASSOCIATE-RQ from storescu proposes ~120 presentation contexts; pynetdicom turns every
+# abstract and transfer syntax into a pydicom UID through ``set_uid``, which checks it against
+# the UI regular expression twice (pydicom's reading validation and pynetdicom's own): ~25 ms
+# of CPU per association, more than filing five ECGs, and a cart often opens one association
+# per recording. The same few hundred UIDs come again in every request, so the outcome is
+# remembered per input. Only successes are kept (a bad UID is checked, logged and refused
+# every time, as before); the result is the same immutable UID object pynetdicom would make.
+
+_UID_CACHE_MAX = 4096
+
+
+def _memoised_set_uid(set_uid: Any) -> Any:
+    if getattr(set_uid, "rdx_memoised", False):
+        return set_uid
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def cached(
+        value: Any,
+        name: str,
+        allow_empty: bool = True,
+        allow_none: bool = True,
+        validate: bool = True,
+    ) -> Any:
+        if type(value) not in (str, bytes):  # None, a UID already, anything else: as is
+            return set_uid(value, name, allow_empty, allow_none, validate)
+        key = (type(value), value, name, allow_empty, allow_none, validate)
+        uid = cache.get(key)
+        if uid is None:
+            uid = set_uid(value, name, allow_empty, allow_none, validate)
+            if len(cache) < _UID_CACHE_MAX:
+                cache[key] = uid
+        return uid
+
+    cached.rdx_memoised = True  # type: ignore[attr-defined]
+    return cached
+
+
+def _memoise_uid_validation() -> None:
+    from pynetdicom import pdu_items, pdu_primitives, presentation
+
+    for module in (pdu_items, pdu_primitives, presentation):
+        module.set_uid = _memoised_set_uid(module.set_uid)  # type: ignore[attr-defined]
+
+
+_memoise_uid_validation()
 
 
 # -- event-driven association threads -------------------------------------------------------
@@ -332,6 +384,29 @@ class FastRequestHandler(RequestHandler):
             make_event_driven(assoc)
         return assoc
 
+    def handle(self) -> None:
+        """pynetdicom's handle(); a dispatched connection reports its end to the dispatcher."""
+        ended = getattr(self.server, "association_ended", None)
+        if ended is None:
+            super().handle()
+            return
+        try:
+            assoc = self._create_association()
+            run = assoc.run
+
+            def run_and_report() -> None:
+                try:
+                    run()
+                finally:
+                    ended()
+
+            assoc.run = run_and_report  # type: ignore[method-assign]
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+        except BaseException:
+            ended()
+            raise
+
 
 class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server, copying its contexts cheaply per association."""
@@ -499,3 +574,223 @@ def _padded(value: bytes, pad: bytes) -> bytes:
 
 def _element(element: int, value: bytes) -> bytes:
     return _IMPLICIT_HEADER.pack(0x0000, element, len(value)) + value
+
+
+# -- several receiver processes behind one listening socket ----------------------------------
+#
+# One Python process files instances on one core at a time (the GIL). SO_REUSEPORT lets several
+# processes listen on one port, but the kernel picks the listener by a hash of the connection's
+# addresses, not by load: four long associations from one modality host often landed 3:1 on two
+# processes, one of them saturated while the other idled. Here one acceptor owns the port and
+# hands every accepted connection (the descriptor itself, SCM_RIGHTS over a Unix socket) to the
+# receiver process with the fewest open associations; each process reports an association's end
+# with one byte on the same socket.
+
+_ENDED, _READY = b"-", b"+"
+
+
+class PassedConnectionServer(ReceiverServer):
+    """A receiver whose connections come from an :class:`AssociationDispatcher`, not a port.
+
+    The class attribute ``channel`` (set by :func:`passed_connection_server`) is this process's
+    end of the Unix socket; the server selects on it as it would on a listening socket.
+    """
+
+    channel: socket.socket
+    _orphaned = False
+
+    def server_bind(self) -> None:
+        self.socket.close()
+        self.socket = self.channel
+        # server_address stays the dispatcher's (host, port): what this receiver serves.
+
+    def server_activate(self) -> None:
+        pass
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock = cast(socket.socket, self.socket)
+        message, fds, _flags, _address = socket.recv_fds(sock, 64, 8)
+        if not message and not fds:
+            # The acceptor is gone (it closes the channel only when stopping or dying): without
+            # it no connection can arrive, so stop like SIGTERM would.
+            if not self._orphaned:
+                self._orphaned = True
+                log.info("association dispatcher gone; stopping this receiver process")
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(_IDLE_WAIT)  # the closed channel stays readable until we stop
+            raise OSError("dispatcher channel closed")
+        connections = [socket.socket(fileno=fd) for fd in fds]
+        for extra in connections[1:]:  # one descriptor per message is all we send
+            extra.close()
+        if not connections:
+            raise OSError("message without a connection")
+        client = connections[0]
+        try:
+            address = client.getpeername()
+        except OSError:  # the peer left while the connection was passed
+            client.close()
+            raise
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, (str(address[0]), int(address[1]))
+
+    def ready(self) -> None:
+        """Tell the dispatcher this process serves: connections may come now."""
+        with contextlib.suppress(OSError):
+            self.channel.send(_READY)
+
+    def association_ended(self) -> None:
+        """Tell the dispatcher this process has one association fewer."""
+        with contextlib.suppress(OSError):
+            self.channel.send(_ENDED)
+
+
+def passed_connection_server(channel: socket.socket) -> type[PassedConnectionServer]:
+    """The server class of one receiver process that takes connections from ``channel``."""
+    return type("PassedConnectionServer", (PassedConnectionServer,), {"channel": channel})
+
+
+@dataclass
+class _Worker:
+    channel: socket.socket
+    load: int = 0  # associations handed over and not yet reported ended
+    alive: bool = True
+    ready: bool = False  # the process has said it serves
+
+
+class AssociationDispatcher:
+    """Accept DICOM connections on one port; hand each to the least-loaded receiver process.
+
+    Ties go round-robin. Connections wait in the listen backlog until every receiver process
+    has said it is ready (or ``start_within`` seconds have passed), so a modality is never
+    handed to a process still importing; later only ready processes get connections. A
+    receiver whose channel fails is skipped until :meth:`replace` gives its slot a new
+    channel; with none left a connection is closed at once (the modality sees a refused
+    association and retries, as with a receiver that is down).
+    """
+
+    def __init__(
+        self, address: tuple[str, int], backlog: int = 128, start_within: float = 120.0
+    ) -> None:
+        self.listener = socket.create_server(address, backlog=backlog)
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread: threading.Thread | None = None
+        self._start_within = start_within
+
+    def add(self, channel: socket.socket) -> int:
+        """Register a receiver process's channel; returns its slot."""
+        with self._lock:
+            self._workers.append(_Worker(channel))
+            index = len(self._workers) - 1
+        self._poke()
+        return index
+
+    def replace(self, index: int, channel: socket.socket) -> None:
+        """A restarted receiver process takes over slot ``index``."""
+        with self._lock:
+            old = self._workers[index]
+            self._workers[index] = _Worker(channel)
+        old.channel.close()
+        self._poke()
+
+    def loads(self) -> list[int]:
+        """Open associations per receiver process slot, as far as the dispatcher knows."""
+        with self._lock:
+            return [worker.load for worker in self._workers]
+
+    def states(self) -> list[tuple[bool, bool, int]]:
+        """(alive, ready, open associations) per receiver process slot."""
+        with self._lock:
+            return [(worker.alive, worker.ready, worker.load) for worker in self._workers]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._serve, name="AssociationDispatcher", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting (the port closes); associations already handed over go on."""
+        self._stopping = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.listener.close()
+        with self._lock:
+            for worker in self._workers:
+                worker.channel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + self._start_within
+        accepting = False
+        while not self._stopping:
+            with self._lock:
+                channels = {w.channel: w for w in self._workers if w.alive}
+                if not accepting:
+                    ready = all(w.ready for w in self._workers)
+                    accepting = ready or time.monotonic() > deadline
+            watched = [self._wake_r, *channels]
+            if accepting:
+                watched.append(self.listener)
+            try:
+                readable, _, _ = select.select(watched, [], [], 1.0)
+            except (OSError, ValueError):  # a channel closed by replace(): look again
+                continue
+            for sock in readable:
+                if sock is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                elif sock is self.listener:
+                    self._accept()
+                else:
+                    self._read_reports(channels[sock])
+
+    def _read_reports(self, worker: _Worker) -> None:
+        try:
+            data = worker.channel.recv(4096)
+        except OSError:
+            data = b""
+        with self._lock:
+            if not data:
+                worker.alive = False  # the process died; replace() brings a new one
+                worker.load = 0
+            else:
+                worker.ready = worker.ready or _READY in data
+                worker.load = max(0, worker.load - data.count(_ENDED))
+
+    def _accept(self) -> None:
+        try:
+            connection, _address = self.listener.accept()
+        except OSError:
+            return
+        with connection:
+            while True:
+                with self._lock:
+                    live = [w for w in self._workers if w.alive and w.ready]
+                    live = live or [w for w in self._workers if w.alive]
+                    if not live:
+                        log.error("no receiver process to take a connection; closing it")
+                        return
+                    self._next += 1
+                    order = live[self._next % len(live) :] + live[: self._next % len(live)]
+                    worker = min(order, key=lambda w: w.load)
+                    worker.load += 1
+                try:
+                    socket.send_fds(worker.channel, [b"C"], [connection.fileno()])
+                    return  # the receiver has its own descriptor; ours closes here
+                except OSError as exc:
+                    log.error("receiver process unreachable (%s); trying another", exc)
+                    with self._lock:
+                        worker.alive = False
+                        worker.load = 0
