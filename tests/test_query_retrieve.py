@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from remote_dx.core.clock import utcnow
-from remote_dx.core.models import Device, Institution, Study, WorklistItem
+from remote_dx.core.models import AuditRecord, Device, Institution, Study, WorklistItem
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import Receiver, start_receiver
 from remote_dx.ingest.instance import Sender, file_instance
@@ -289,7 +289,11 @@ def test_patient_root_and_bad_identifiers(community: Community, receiver: Receiv
 
 
 def test_getscu_retrieves_the_study_and_nothing_it_may_not_see(
-    dcmtk: str, community: Community, receiver: Receiver, tmp_path: Path
+    dcmtk: str,
+    community: Community,
+    receiver: Receiver,
+    db: sessionmaker[Session],
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "got"
     out.mkdir()
@@ -307,6 +311,16 @@ def test_getscu_retrieves_the_study_and_nothing_it_may_not_see(
         assert got[uid].PatientName == original.PatientName
     # The RLE instance came decoded (getscu accepts uncompressed syntaxes only).
     assert all(not ds.file_meta.TransferSyntaxUID.is_compressed for ds in got.values())
+
+    # The retrieve is in the audit trail (IHE ATNA): the node, its institution, the study.
+    with db() as session:
+        (record,) = session.scalars(select(AuditRecord).where(AuditRecord.method == "C-GET")).all()
+    assert (record.action, record.username, record.institution) == (
+        "download", PACS, "XXXRMYY",
+    )  # fmt: skip
+    assert record.object_id == community.county_study
+    assert record.patient == "XP0001^^^XIPING"
+    assert record.detail["instances"] == 3
 
     hidden = tmp_path / "hidden"
     hidden.mkdir()

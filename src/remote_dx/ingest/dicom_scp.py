@@ -48,6 +48,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
+from remote_dx.core import audit as audit_chain
 from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.errors import (
     DatabaseUnavailable,
@@ -217,7 +218,7 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._rates = RateLimiter()
         self.query_retrieve = QueryRetrieveSCP(
-            store, sessions, self.institution_of, lambda: ae_title
+            store, sessions, self.institution_of, lambda: ae_title, audit=self.audit
         )
 
     def handlers(self) -> list[tuple[evt.EventType, object]]:
@@ -243,6 +244,23 @@ class StorageSCP:
         """The calling AE's institution (Query/Retrieve scoping); None for no registered peer."""
         peer = self.peer(assoc)
         return None if peer is None else peer.sender.institution_id
+
+    def audit(self, event: Event, action: str, fields: dict[str, Any]) -> None:
+        """One audit-trail record (IHE ATNA) for a DICOM read: the device is the participant."""
+        peer = self.peer(event.assoc)
+        if peer is None:
+            return
+        audit_chain.append(
+            self.sessions,
+            audit_chain.AuditEvent(
+                action=action,
+                username=peer.sender.ae_title,
+                role="dicom-node",
+                institution=peer.sender.institution_code,
+                client_address=str(event.assoc.requestor.address),
+                **fields,
+            ),
+        )
 
     # -- association ----------------------------------------------------------------------
 

@@ -507,6 +507,8 @@ class StoredInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     object_key: str
+    study_uid: str = ""
+    patient: str = ""  # PatientID^^^Issuer (HL7 CX), for the audit trail
 
 
 def retrieve_matches(
@@ -529,6 +531,8 @@ def retrieve_matches(
         Instance.sop_instance_uid,
         Instance.transfer_syntax_uid,
         Instance.object_key,
+        Study.study_uid,
+        Patient.patient_id + "^^^" + Patient.issuer,
     )
     return [StoredInstance(*row) for row in session.execute(statement).all()]
 
@@ -607,6 +611,11 @@ def fit_for_get(ds: Dataset, accepted: Sequence[PresentationContext]) -> Dataset
 # -- the SCP ----------------------------------------------------------------------------------
 
 
+#: ``audit(event, action, fields)``: write one audit record (IHE ATNA) before data leaves;
+#: raising refuses the request (patient data is not disclosed unaudited).
+AuditHook = Callable[[Event, str, dict[str, Any]], None]
+
+
 class QueryRetrieveSCP:
     """EVT_C_FIND / EVT_C_GET / EVT_C_MOVE handlers; ``institution_of`` names the calling AE's
     institution for an association (None: not registered, so nothing matches)."""
@@ -617,11 +626,23 @@ class QueryRetrieveSCP:
         sessions: sessionmaker[Session],
         institution_of: Callable[[Any], int | None],
         ae_title: Callable[[], str],
+        audit: AuditHook | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.institution_of = institution_of
         self.ae_title = ae_title
+        self._audit = audit
+
+    def audit(self, event: Event, action: str, fields: dict[str, Any], status: int) -> None:
+        """Record the request; QueryError(``status``) when the trail cannot be written."""
+        if self._audit is None:
+            return
+        try:
+            self._audit(event, action, fields)
+        except Exception as exc:
+            log.error("audit record for %s not written, request refused: %s", action, exc)
+            raise QueryError(status, "audit trail unavailable, retry later") from exc
 
     def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         """EVT_C_FIND: yield (0xFF00, identifier) per match; pynetdicom sends the final 0x0000."""
@@ -632,6 +653,18 @@ class QueryRetrieveSCP:
             if model is None or institution is None:
                 raise QueryError(UNABLE_TO_PROCESS, "query model not supported")
             request = parse_identifier(identifier_of(event), model)
+            keys = {key.keyword: value for key, value in request.conditions}
+            self.audit(
+                event,
+                "query",
+                {
+                    "method": "C-FIND",
+                    "object_type": "query",
+                    "object_id": keys.get("StudyInstanceUID"),
+                    "detail": {"model": str(model), "level": request.level.name, "keys": keys},
+                },
+                OUT_OF_RESOURCES_MATCHES,
+            )
             count = 0
             with self.sessions() as session:
                 for answer in find_matches(session, request, institution, self.ae_title()):
@@ -648,7 +681,9 @@ class QueryRetrieveSCP:
             log.error("C-FIND from %s: database unavailable: %s", calling, exc)
             yield _failure(OUT_OF_RESOURCES_MATCHES, "database unavailable, retry later")
 
-    def _matches(self, event: Event, models: dict[UID, Model]) -> list[StoredInstance]:
+    def _matches(
+        self, event: Event, models: dict[UID, Model], destination: str | None = None
+    ) -> list[StoredInstance]:
         model = models.get(event.request.AffectedSOPClassUID)
         institution = self.institution_of(event.assoc)
         if model is None or institution is None:
@@ -659,6 +694,26 @@ class QueryRetrieveSCP:
         if len(matches) > MAX_SUBOPERATIONS:
             raise QueryError(
                 OUT_OF_RESOURCES_SUBOPS, f"{len(matches)} instances; retrieve by series"
+            )
+        if matches:
+            studies = sorted({m.study_uid for m in matches})
+            self.audit(
+                event,
+                "download",
+                {
+                    "method": "C-MOVE" if destination is not None else "C-GET",
+                    "object_type": "study",
+                    "object_id": ",".join(studies),
+                    "patient": matches[0].patient,
+                    "detail": {
+                        "instances": len(matches),
+                        "studies": studies,
+                        "patients": sorted({m.patient for m in matches}),
+                        "level": request.level.name,
+                        **({"destination": destination} if destination else {}),
+                    },
+                },
+                OUT_OF_RESOURCES_SUBOPS,
             )
         return matches
 
@@ -702,7 +757,7 @@ class QueryRetrieveSCP:
             return
         address = (destination.host, destination.port)
         try:
-            matches = self._matches(event, MOVE_SOP_CLASSES)
+            matches = self._matches(event, MOVE_SOP_CLASSES, destination.ae_title)
         except (QueryError, SQLAlchemyError) as exc:
             if isinstance(exc, QueryError):
                 status, comment = exc.status, exc.comment
