@@ -432,5 +432,115 @@ def simulate(
         typer.echo(report.summary())
 
 
+audit_app = typer.Typer(help="The audit trail (IHE ATNA): verify its hash chain, export it.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Recompute the hash chain; exit 1 naming the first broken record if it was tampered with."""
+    from remote_dx.core.audit import verify_chain
+    from remote_dx.core.db import session_scope
+
+    with session_scope(_settings(data_dir=data_dir)) as session:
+        result = verify_chain(session)
+    if result.ok:
+        typer.echo(f"audit trail intact: {result.records} records, hash chain verified")
+        return
+    typer.echo(
+        f"audit trail BROKEN at record {result.broken_seq}: {result.reason} "
+        f"({result.records} records verified before it)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file; default stdout")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (with hashes) or csv")] = "jsonl",
+    user: Annotated[str | None, typer.Option(help="only this username")] = None,
+    patient: Annotated[str | None, typer.Option(help="only this patient (ID^^^Issuer)")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action, e.g. login, view")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write the audit records (chain order) as JSON lines or CSV."""
+    import sys
+
+    from remote_dx.core.audit import AuditQuery, iter_records, write_csv, write_jsonl
+    from remote_dx.core.db import session_scope
+
+    if fmt not in ("jsonl", "csv"):
+        typer.echo("error: --format must be jsonl or csv", err=True)
+        raise typer.Exit(2)
+    query = AuditQuery(user=user, patient=patient, action=action)
+    writer = write_csv if fmt == "csv" else write_jsonl
+    with session_scope(_settings(data_dir=data_dir)) as session:
+        records = iter_records(session, query)
+        if output is None:
+            count = writer(records, sys.stdout)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                count = writer(records, handle)
+    typer.echo(f"{count} audit records exported", err=True)
+
+
+users_app = typer.Typer(help="User accounts (the API has the same under /api/v1/admin/users).")
+app.add_typer(users_app, name="users")
+
+
+def _set_user(username: str, data_dir: Path | None, **change: Any) -> None:
+    from sqlalchemy import select
+
+    from remote_dx.api.security import revoke_all_tokens, unlock_user
+    from remote_dx.core.db import session_scope
+    from remote_dx.core.models import User
+    from remote_dx.core.security import hash_password
+
+    with session_scope(_settings(data_dir=data_dir)) as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            typer.echo(f"error: no user {username!r}", err=True)
+            raise typer.Exit(1)
+        if "active" in change:
+            user.active = change["active"]
+            if not user.active:
+                revoke_all_tokens(session, user)
+        if "password" in change:
+            user.password_hash = hash_password(change["password"])
+            revoke_all_tokens(session, user)
+            unlock_user(session, user.username)
+
+
+@users_app.command("disable")
+def users_disable(username: str, data_dir: DataDir = None) -> None:
+    """Disable a user: every access and refresh token of theirs stops working at once."""
+    _set_user(username, data_dir, active=False)
+    typer.echo(f"{username} disabled; their tokens are revoked")
+
+
+@users_app.command("enable")
+def users_enable(username: str, data_dir: DataDir = None) -> None:
+    """Enable a disabled user."""
+    _set_user(username, data_dir, active=True)
+    typer.echo(f"{username} enabled")
+
+
+@users_app.command("password")
+def users_password(
+    username: str,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    data_dir: DataDir = None,
+) -> None:
+    """Set a user's password (revokes their tokens and lifts a lock-out)."""
+    if len(password) < 10:
+        typer.echo("error: use at least 10 characters", err=True)
+        raise typer.Exit(1)
+    _set_user(username, data_dir, password=password)
+    typer.echo(f"password of {username} set; their tokens are revoked")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
