@@ -478,3 +478,33 @@ def test_on_postgres(
     test_qido_series_and_instances(client, archive)
     test_frames_stored_and_transcoded(client, archive)
     test_errors(client, archive)
+
+
+def test_waveform_bulk_data_and_rendering(
+    client: TestClient, settings: Settings, db: sessionmaker[Session]
+) -> None:
+    """An ECG's Waveform Data is a BulkDataURI inside its sequence item; it renders as a trace."""
+    with db() as session:
+        cart = Sender.of(session.scalar(select(Device).where(Device.ae_title == "XIPING_ECG")))
+    study_uid, series_uid = generate_uid(), generate_uid()
+    data, sop = _instance(
+        "waveform_ecg.dcm", study_uid, series_uid, patient=("P009", "Wu^Lei"), date="20240401",
+        acc="E1",
+    )  # fmt: skip
+    file_instance(data, store=get_store(settings), sessions=db, sender=cart)
+    auth = login(client, "tech_xiping")  # the technician of the sending township sees it
+    base = f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop}"
+    (item,) = client.get(f"{base}/metadata", headers=auth).json()
+    waveform = item["54000100"]["Value"][0]["54001010"]
+    assert waveform["BulkDataURI"] == f"{base}/bulkdata/54000100/0/54001010"
+    assert "7FE00010" not in item
+    ((_, value),) = _parts(client.get(waveform["BulkDataURI"], headers=auth))
+    original = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm"))
+    assert value == original.WaveformSequence[0].WaveformData
+    assert client.get(f"{base}/bulkdata/54000100/9/54001010", headers=auth).status_code == 404
+    rendered = client.get(f"{base}/rendered", headers={**auth, "Accept": "image/png"})
+    assert rendered.status_code == 200
+    image = np.asarray(Image.open(io.BytesIO(rendered.content)).convert("L"))
+    assert (image < 64).any()  # black traces on the grid
+    # Frames of an object without pixel data: 404, not a crash.
+    assert client.get(f"{base}/frames/1", headers=auth).status_code == 404
