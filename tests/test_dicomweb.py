@@ -508,3 +508,23 @@ def test_waveform_bulk_data_and_rendering(
     assert (image < 64).any()  # black traces on the grid
     # Frames of an object without pixel data: 404, not a crash.
     assert client.get(f"{base}/frames/1", headers=auth).status_code == 404
+
+
+def test_frames_of_one_object_read_it_once(
+    client: TestClient, archive: dict[str, Filed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer fetches a multi-frame object frame by frame: the store is read once, not per
+    frame (from S3 each read would be the whole object over the network)."""
+    store = client.app.state.store
+    reads: list[str] = []
+    original = store.get
+
+    def counting(key: str) -> bytes:
+        reads.append(key)
+        return original(key)
+
+    monkeypatch.setattr(store, "get", counting)
+    rgb = archive["rgb"]
+    for frame in ("1", "2", "1"):
+        assert _frames(client, rgb, frame, EXPLICIT).status_code == 200
+    assert len([k for k in reads if k.startswith("dicom/")]) == 1
