@@ -5,13 +5,11 @@ filing door and C-STORE. Zero crashes, only proper statuses, the receiver keeps 
 from __future__ import annotations
 
 import contextlib
-import io
-import warnings
 from pathlib import Path
 
-import pydicom
 import pytest
 from bench import fuzz
+from pynetdicom.dsutils import split_dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.errors import InvalidInstance
@@ -45,11 +43,10 @@ def test_small_fuzz_run_through_a_receiver_process(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
 def test_regression_input_is_refused_or_filed_cleanly(
-    path: Path, settings: Settings, db: sessionmaker[Session]
+    path: Path, settings: Settings, db: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """Each stored input: the filing door raises InvalidInstance or files it, nothing else;
     then the receiver answers it with a proper status and still answers echo."""
-    from tests.test_dicom_scp import c_store, echo
 
     data = path.read_bytes()
     with db() as session:
@@ -60,14 +57,19 @@ def test_regression_input_is_refused_or_filed_cleanly(
         sender = Sender.of(session.scalar(select(Device).where(Device.ae_title == "XIPING_DR")))
     with contextlib.suppress(InvalidInstance):
         file_instance(data, store=get_store(settings), sessions=db, sender=sender)
+    meta, offset = split_dataset(path)
+    sample = fuzz.Sample(
+        path.stem,
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.TransferSyntaxUID),
+        data[offset:],
+    )
     receiver = start_receiver(settings)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
-        assert meta.TransferSyntaxUID
-        statuses = c_store(receiver.port, [path])
-        assert set(statuses) <= fuzz.ACCEPTABLE
-        assert echo(receiver.port)
+        outcome = fuzz.Outcome()
+        fuzz.send_batch(receiver.port, [sample], tmp_path, outcome, replay=False)
+        assert not outcome.findings, [f.what for f in outcome.findings]
+        assert outcome.sent == 1 and set(outcome.statuses) <= fuzz.ACCEPTABLE
+        assert fuzz.echo(receiver.port)
     finally:
         receiver.stop(timeout=1)
