@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     # Auth.
     jwt_secret: str = ""
     jwt_algorithm: str = "HS256"
-    access_token_minutes: int = 60 * 8
+    access_token_minutes: int = Field(
+        60, description="Access tokens are short-lived; clients renew them at /api/v1/auth/refresh."
+    )
     # Trust (issue 7): refresh tokens, login lock-out, optional OIDC (Keycloak) sign-in.
     refresh_token_minutes: int = Field(
         60 * 12, description="A refresh token (rotated on each use) is valid this long."
