@@ -26,7 +26,7 @@ from remote_dx.ecg.analysis.st import pr_baseline, st_levels
 from remote_dx.ecg.analysis.statements import statement
 from remote_dx.ecg.model import ECG
 
-ALGORITHM_VERSION = "rdx-ecg 0.2.1"
+ALGORITHM_VERSION = "rdx-ecg 0.3.0"
 
 FIRST_DEGREE_AVB_MS = 200.0
 SHORT_PR_MS = 120.0

@@ -20,7 +20,8 @@ with combined-lead detection functions computed on the median beats of all usabl
 * P onset/offset: the P envelope (``E(t) = sqrt(sum_l (M_l - b_l)^2)``, b_l the lead's PR level,
   restricted to the interval between the previous beat's T end and the QRS onset, so that at high
   rates the previous T is not taken for the P) falls to a fixed fraction of the P peak above its
-  floor on each side.
+  floor on each side. The onset is then found again on the envelope about a sloping baseline,
+  from each lead's TP level just before the first onset to its PR level (rdx-ecg 0.3.0).
 
 Every fraction and shift is a single global constant (no per-record tuning), chosen on the odd
 LUDB records only (bench/ecg_accuracy.py reports the held-out even ones); a boundary that cannot be
@@ -236,6 +237,21 @@ def delineate(
             j = pp
             while j < qon and env[j] > thr_a:
                 j += 1
+            if i - _ms(fs, 20) >= 0:
+                # Second pass: the baseline under the P runs from each lead's level just before
+                # the first-pass onset (the TP segment) to its PR level, instead of lying flat at
+                # the PR level — a TP/PR offset (atrial repolarisation, wander, the previous T's
+                # tail) otherwise keeps the envelope up and drags the onset early.
+                a = i - _ms(fs, 12)
+                tp_level = y[:, i - _ms(fs, 20) : i - _ms(fs, 5) + 1].mean(axis=1)
+                ramp = np.clip((np.arange(w) - a) / max(qon - _ms(fs, 12) - a, 1), 0.0, 1.0)
+                env2 = np.sqrt(np.sum((y - tp_level[:, None] * (1.0 - ramp)) ** 2, axis=0))
+                lo2 = max(pp - _ms(fs, 150), p_lo)
+                floor2 = float(env2[lo2 : pp + 1].min())
+                thr2 = floor2 + params.p_on_frac * (env2[pp] - floor2)
+                i = pp
+                while i > lo2 and env2[i] > thr2:
+                    i -= 1
             out.p_on = max(i + _ms(fs, params.p_on_shift_ms), 0)
             out.p_off = min(j + _ms(fs, params.p_off_shift_ms), qon)
     return out
