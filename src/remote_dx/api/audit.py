@@ -67,6 +67,8 @@ ROUTE_ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/renew"): "claim",
     ("POST", "/release"): "release",
     ("POST", "/acknowledge"): "acknowledge",
+    ("GET", "/report/fhir"): "export",
+    ("PUT", "/routing/rules"): "admin",
     ("POST", "/deidentify"): "export",
     ("GET", "/deidentify"): "export",
 }
