@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from remote_dx.api.app import create_app
 from remote_dx.cli import app as cli_app
 from remote_dx.core.clock import utcnow
-from remote_dx.core.models import Device, Institution, Study, WorklistItem
+from remote_dx.core.models import AuditRecord, Device, Institution, Study, WorklistItem
 from remote_dx.core.settings import Settings
 from remote_dx.imaging.deidentify import Pseudonym, UIDMap, deidentify_instances
 from remote_dx.ingest.instance import Sender, file_instance
@@ -194,6 +194,11 @@ def test_separate_exports_do_not_link(originals: list[Dataset]) -> None:
     parts = [(str(ds.SOPInstanceUID), _bytes(ds)) for ds in originals[:1]]
     one, two = deidentify_instances(parts), deidentify_instances(parts)
     assert one.study_uid != two.study_uid
+    gone = deidentify_instances([*parts, ("1.2.3.999", None)])
+    assert [(s.sop_instance_uid, s.reason) for s in gone.skipped] == [
+        ("1.2.3.999", "missing from the object store")
+    ]
+    assert len(gone.files) == 1
     fixed = Pseudonym("ANON^CASE7", "CASE7")
     assert deidentify_instances(parts, pseudonym=fixed).pseudonym.patient_id == "CASE7"
 
@@ -249,6 +254,12 @@ def test_api_export_by_role_and_scope(
     assert len(dicoms) == 3
     for data in dicoms:
         _assert_no_phi(data, original_uids)
+
+    with db() as session:
+        exports = session.scalars(
+            select(AuditRecord).where(AuditRecord.path == url, AuditRecord.status_code == 200)
+        ).all()
+    assert [(r.action, r.username) for r in exports] == [("export", "county_reader")]
 
     assert client.get(url).status_code == 401
     assert client.get(url, headers=_token(client, "tech_xiping")).status_code == 403

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from remote_dx.core.errors import NotFound
 from remote_dx.core.models import Instance, Series, Study, WorklistItem
-from remote_dx.storage.base import ObjectStore
+from remote_dx.storage.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -345,12 +345,13 @@ class DeidentifiedStudy:
 
 
 def deidentify_instances(
-    parts: Iterable[tuple[str, bytes]],
+    parts: Iterable[tuple[str, bytes | None]],
     *,
     uids: UIDMap | None = None,
     pseudonym: Pseudonym | None = None,
 ) -> DeidentifiedStudy:
-    """De-identify one study's Part 10 instances ((SOP Instance UID, bytes) pairs).
+    """De-identify one study's Part 10 instances ((SOP Instance UID, bytes) pairs; None for an
+    object missing from storage, which is listed as left out).
 
     Files are named ``<series number or index>/<instance>.dcm`` under the new UIDs.
     """
@@ -359,6 +360,9 @@ def deidentify_instances(
     result = DeidentifiedStudy(study_uid="", pseudonym=pseudonym)
     series_dirs: dict[str, str] = {}
     for sop_uid, data in parts:
+        if data is None:
+            result.skipped.append(Skipped(sop_uid, "missing from the object store"))
+            continue
         try:
             ds = dcmread(io.BytesIO(data))
         except Exception as exc:  # a stored object that no longer parses: say so, go on
@@ -377,6 +381,14 @@ def deidentify_instances(
         ds.save_as(out, enforce_file_format=True)
         result.files.append((f"{folder}/{ds.SOPInstanceUID}.dcm", out.getvalue()))
     return result
+
+
+def _load(store: ObjectStore, key: str) -> bytes | None:
+    try:
+        return store.get(key)
+    except ObjectNotFound:  # an index row without its object (``remote-dx fsck`` repairs)
+        log.error("de-identified export: %s is missing from the object store", key)
+        return None
 
 
 def deidentify_study(
@@ -406,7 +418,7 @@ def deidentify_study(
     rows = session.execute(statement).all()
     if not rows:
         raise NotFound(f"study {study_uid} not found")
-    result = deidentify_instances((uid, store.get(key)) for uid, key in rows)
+    result = deidentify_instances((uid, _load(store, key)) for uid, key in rows)
     log.info(
         "study %s de-identified as %s: %d instances, %d left out",
         study_uid,
