@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from remote_dx.core.charset import decode_element
 from remote_dx.dicomweb.access import InstanceRef
+from remote_dx.dicomweb.cache import cached_get
 from remote_dx.dicomweb.dicomjson import person_name
 from remote_dx.storage.base import ObjectNotFound, ObjectStore
 
@@ -152,7 +153,8 @@ def series_metadata(store: ObjectStore, refs: Sequence[InstanceRef]) -> bytes:
     first = refs[0]
     key = metadata_key(first.study_uid, first.series_uid, len(refs))
     try:
-        return store.get(key)
+        # The key names the instance count, so the cached bytes are those of this series' state.
+        return cached_get(store, key)
     except ObjectNotFound:
         pass
     datasets = [

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +33,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from remote_dx.core.errors import Invalid, NotFound
 from remote_dx.dicomweb.access import InstanceRef
+from remote_dx.dicomweb.cache import cached_get
 from remote_dx.dicomweb.multipart import BadRequest, NotAcceptable, parse_accept
 from remote_dx.imaging.preview import has_waveform, waveform_preview
 from remote_dx.storage.base import ObjectStore
@@ -132,54 +130,9 @@ def instance_plan(accept: str | None, stored: str) -> Plan:
     )
 
 
-class ObjectCache:
-    """The bytes of recently read objects, bounded in total size (thread-safe).
-
-    A viewer asks for a multi-frame object one frame at a time; without this every frame would
-    read the whole object from the store again (from S3: the whole object over the network).
-    Stored instances never change under their key (a re-sent SOP Instance UID is not rewritten),
-    so a cached copy cannot go stale.
-    """
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, store: ObjectStore, key: str) -> bytes:
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-                return data
-        data = store.get(key)
-        if len(data) <= self.max_bytes // 4:
-            with self._lock:
-                if key not in self._items:
-                    self._items[key] = data
-                    self._size += len(data)
-                    while self._size > self.max_bytes:
-                        _, dropped = self._items.popitem(last=False)
-                        self._size -= len(dropped)
-        return data
-
-
-_objects: weakref.WeakKeyDictionary[Any, ObjectCache] = weakref.WeakKeyDictionary()
-_objects_lock = threading.Lock()
-
-
-def _cache_for(store: ObjectStore) -> ObjectCache:
-    with _objects_lock:
-        cache = _objects.get(store)
-        if cache is None:
-            cache = _objects[store] = ObjectCache()
-        return cache
-
-
 def load(store: ObjectStore, ref: InstanceRef) -> Dataset:
-    """The stored instance, parsed (its bytes from the per-store :class:`ObjectCache`)."""
-    return pydicom.dcmread(io.BytesIO(_cache_for(store).get(store, ref.object_key)))
+    """The stored instance, parsed (its bytes through :func:`.cache.cached_get`)."""
+    return pydicom.dcmread(io.BytesIO(cached_get(store, ref.object_key)))
 
 
 def instance_bytes(store: ObjectStore, ref: InstanceRef, plan: Plan) -> bytes:
