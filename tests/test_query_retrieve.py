@@ -467,3 +467,63 @@ def test_move_to_our_own_test_scp_counts_sub_operations(
     assert int(final.NumberOfCompletedSuboperations) == 3
     assert int(final.get("NumberOfFailedSuboperations", 0)) == 0
     assert sorted(received) == sorted(community.county_instances)
+
+
+def test_find_and_get_on_postgresql(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The scoping joins, name matching and paging of C-FIND, and C-GET, on PostgreSQL."""
+    from remote_dx.core.db import get_sessionmaker, session_scope
+    from remote_dx.core.migrate import upgrade
+    from remote_dx.core.network import apply_network, load_network_file
+    from remote_dx.core.settings import reset_settings
+    from tests.support import DEMO_NETWORK
+
+    monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
+    reset_settings()
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=False)
+    sessions = get_sessionmaker(pg)
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    study, series = generate_uid(), generate_uid()
+    for number in (1, 2):
+        path = _copy(
+            "CT_small.dcm", sent, StudyInstanceUID=study, SeriesInstanceUID=series,
+            InstanceNumber=number,
+            PatientName="Li^Na=李^娜", SpecificCharacterSet="ISO_IR 192", PatientID="PG1",
+        )  # fmt: skip
+        _file(pg, sessions, "XIPING_DR", path)
+    hidden = generate_uid()
+    _file(
+        pg, sessions, "DINGHE_DR",
+        _copy("CT_small.dcm", sent, StudyInstanceUID=hidden, SeriesInstanceUID=generate_uid()),
+    )  # fmt: skip
+    _route(sessions, study, "XXXRMYY")
+    _route(sessions, hidden, "HNSRMYY")
+
+    running = start_receiver(pg)
+    try:
+        query = Dataset()
+        query.SpecificCharacterSet = "ISO_IR 192"
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientName = "李*"
+        query.StudyInstanceUID = ""
+        query.NumberOfStudyRelatedSeries = None
+        answers = [a for s, a in find(running.port, query) if s == 0xFF00]
+        assert [(a.StudyInstanceUID, int(a.NumberOfStudyRelatedSeries)) for a in answers] == [
+            (study, 1)
+        ]
+        out = tmp_path / "got"
+        out.mkdir()
+        run = dcmtk_tool(
+            "getscu", "-aet", PACS, "-aec", CALLED, "-S", "-od", out,
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+            "127.0.0.1", str(running.port),
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert len(list(out.iterdir())) == 2
+    finally:
+        running.stop(timeout=1)
