@@ -195,6 +195,13 @@ def test_request_id_reaches_the_log_lines_of_the_request(
     try:
         client = TestClient(create_app(settings))
         client.get("/api/v1/studies/1.2.840.99", headers={"X-Request-ID": "trace-123"})
+        token = client.post(
+            "/api/v1/auth/token", data={"username": "county_reader", "password": "demo"}
+        ).json()["access_token"]
+        client.get(
+            "/api/v1/studies/1.2.840.98",
+            headers={"X-Request-ID": "trace-456", "Authorization": f"Bearer {token}"},
+        )
     finally:
         access.removeHandler(handler)
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -202,6 +209,8 @@ def test_request_id_reaches_the_log_lines_of_the_request(
     assert mine, entries
     assert mine[0]["status"] == 401 and mine[0]["route"] == "/api/v1/studies/{study_uid}"
     assert mine[0]["study_uid"] == "1.2.840.99"
+    known = [e for e in entries if e.get("request_id") == "trace-456"]
+    assert known and known[0]["status"] == 404 and known[0]["user"] == "county_reader"
 
 
 def test_multiprocess_mode_sums_the_counters_of_every_process(tmp_path: Path) -> None:

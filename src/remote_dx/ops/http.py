@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remote_dx.ops import metrics
-from remote_dx.ops.logging import new_request_id, request_id_var, study_uid_var
+from remote_dx.ops.logging import new_request_id, request_id_var, study_uid_var, user_var
 
 access_log = logging.getLogger("remote_dx.access")
 
@@ -70,6 +70,10 @@ class RequestContextMiddleware:
                 metrics.observe_http(method, route, status, elapsed)
             study_uid = (scope.get("path_params") or {}).get("study_uid")
             study_token = study_uid_var.set(str(study_uid)) if study_uid else None
+            # The authenticated user, as api.deps.current_user noted it for the audit trail.
+            actor = (scope.get("state") or {}).get("audit_user")
+            user = str(actor[1]) if isinstance(actor, tuple) and len(actor) > 1 else None
+            user_token = user_var.set(user) if user else None
             # Errors and slow answers at INFO; the rest at DEBUG (uvicorn logs access lines too).
             access_log.log(
                 logging.INFO if status >= 400 or elapsed > 1.0 else logging.DEBUG,
@@ -82,4 +86,6 @@ class RequestContextMiddleware:
             )
             if study_token is not None:
                 study_uid_var.reset(study_token)
+            if user_token is not None:
+                user_var.reset(user_token)
             request_id_var.reset(token)
