@@ -271,3 +271,39 @@ def test_scp_metrics_port_and_json_logs_across_receiver_processes(
         entry = json.loads(line)  # every line one JSON object
         assert {"time", "level", "logger", "message"} <= entry.keys()
     assert any("association from XIPING_DR" in json.loads(line)["message"] for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_worker_metrics_port_sums_its_prefork_children(
+    settings: Settings, db: sessionmaker[Session], redis_url: str, tmp_path: Path
+) -> None:
+    """``remote-dx worker --metrics-port``: the task ran in a prefork child, the parent's port
+    reports it (multi-process mode), with the database gauges."""
+    from remote_dx.tasks import enqueue_study
+    from tests.test_tasks_redis import forget_queue, redis_settings, running_worker
+
+    config = redis_settings(settings, redis_url)
+    port = free_port()
+    argv = [sys.executable, "-m", "remote_dx.cli", "worker", "--concurrency", "1",
+            "--metrics-port", str(port)]  # fmt: skip
+    key = ("rdx_tasks_total", (("outcome", "succeeded"), ("task", "remote_dx.process_study")))
+    try:
+        with running_worker(argv, config, tmp_path / "worker.log") as worker:
+
+            def scraped() -> dict:
+                worker.assert_alive()
+                try:
+                    return scrape(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+                except httpx.HTTPError:
+                    return {}
+
+            wait_until(scraped, timeout=60, message="worker metrics port")
+            configure(config)
+            assert enqueue_study("1.2.826.0.1.3680043.8.498.777")  # unknown: succeeds, no-op
+            wait_until(lambda: scraped().get(key) == 1, timeout=60, message="task counted")
+            values = scraped()
+            assert values[("rdx_metrics_database_up", ())] == 1
+            assert ("rdx_queue_depth", ()) in values
+    finally:
+        forget_queue(redis_url, config.broker_queue)
