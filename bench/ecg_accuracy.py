@@ -24,11 +24,15 @@ What is printed:
    ``intervals.Params``, the T-end consensus window, the pacing-spike ratio, the P-consistency
    limit) were chosen on the odd records only, so the verdict is given on the even records (held
    out) — all and odd are printed too.
+   Then the held-out records with the largest errors (they set the SD), and section 2b: the
+   same reference with the single most extreme lead of each boundary left out — how far one
+   lead's mark moves the reference, and our error against it (context, never the verdict).
 3. The baseline: plain neurokit2 ``ecg_delineate(method="dwt")`` on lead II (per-lead, the
    record's value the median over beats) for the same intervals.
 4. Rhythm statements vs the LUDB diagnoses (ludb.csv): Se / Sp for atrial fibrillation, sinus
    bradycardia, sinus tachycardia; for each disagreement on a rate statement, the rate from the
-   cardiologists' own beat marks, because LUDB's labels do not follow one fixed rate limit.
+   cardiologists' own beat marks, because LUDB's labels do not follow one fixed rate limit; our
+   rate against those marks; the tachycardia labels at > 100 and > 90 bpm; AF without pacemakers.
 """
 
 from __future__ import annotations
