@@ -528,3 +528,29 @@ def test_frames_of_one_object_read_it_once(
     for frame in ("1", "2", "1"):
         assert _frames(client, rgb, frame, EXPLICIT).status_code == 200
     assert len([k for k in reads if k.startswith("dicom/")]) == 1
+
+
+def test_metadata_leaves_out_a_malformed_value(
+    client: TestClient, settings: Settings, db: sessionmaker[Session]
+) -> None:
+    """An element stored as received with an unreadable value does not fail the metadata."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    with db() as session:
+        sender = Sender.of(session.scalar(select(Device).where(Device.ae_title == "XIPING_DR")))
+    study_uid, series_uid = generate_uid(), generate_uid()
+    data, sop = _instance(
+        "MR_small.dcm", study_uid, series_uid, patient=("P010", "Zhou^Jie"), date="20240402",
+        acc="M1",
+    )  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds[0x00180050] = RawDataElement(Tag(0x00180050), "DS", 4, b"ab.c", 0, False, True)
+    file_instance(_bytes(ds), store=get_store(settings), sessions=db, sender=sender)
+    response = client.get(
+        f"/dicom-web/studies/{study_uid}/series/{series_uid}/metadata",
+        headers=login(client, "tech_xiping"),
+    )
+    assert response.status_code == 200, response.text
+    (item,) = response.json()
+    assert "00180050" not in item and item["00080018"]["Value"] == [sop]

@@ -53,7 +53,10 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
     """``id(element) → tag path`` for every binary element, sequences included."""
     paths: dict[int, str] = {}
     for tag in list(ds.keys()):
-        element = ds[tag]
+        try:
+            element = ds[tag]
+        except (ValueError, TypeError, KeyError, OverflowError):
+            continue  # a malformed value: to_json_dict leaves it out as well
         path = f"{prefix}{int(tag):08X}"
         if element.VR == "SQ":
             for index, item in enumerate(element.value):
@@ -72,7 +75,12 @@ def instance_json(ds: Dataset, study_uid: str, series_uid: str) -> dict[str, Any
     def bulk_uri(element: DataElement) -> str:
         return base + paths.get(id(element), f"{int(element.tag):08X}")
 
-    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk_uri)
+    # A malformed value (stored as received, PS3.5 §7.1) is left out rather than failing all.
+    out = ds.to_json_dict(
+        bulk_data_threshold=BULK_THRESHOLD,
+        bulk_data_element_handler=bulk_uri,
+        suppress_invalid_tags=True,
+    )
     out.pop(f"{_PIXEL_DATA:08X}", None)
     if "Rows" in ds and ("PixelData" in ds or ("PixelData" not in ds and "BitsAllocated" in ds)):
         # Read with stop_before_pixels: the header says there are pixels (PS3.3 C.7.6.3).
