@@ -335,3 +335,49 @@ def test_cli_verify_and_export(settings: Settings, db: sessionmaker[Session], tm
     result = runner.invoke(cli, ["audit", "verify", *args])
     assert result.exit_code == 1
     assert "record 2" in result.output
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_backend(request, settings: Settings) -> Settings:
+    """The test settings on SQLite, or on a fresh PostgreSQL database, migrated and seeded."""
+    if request.param == "sqlite":
+        chosen = settings
+    else:
+        url = request.getfixturevalue("postgres_database")
+        chosen = settings.model_copy(update={"database_url": url})
+    upgrade(chosen)
+    from remote_dx.core.network import apply_network, load_network_file
+    from tests.support import DEMO_NETWORK
+
+    with session_scope(chosen) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    return chosen
+
+
+def test_parallel_requests_keep_one_chain(any_backend: Settings) -> None:
+    """Requests served at the same time (each TestClient call runs its own event loop in its
+    own thread) each get one record, and the chain stays whole."""
+    client = TestClient(create_app(any_backend))
+    headers = _bearer(client, "county_reader")
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                assert client.get("/api/v1/worklist", headers=headers).status_code == 200
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    sessions = get_sessionmaker(any_backend)
+    with sessions() as session:
+        views = session.scalars(
+            select(AuditRecord).where(AuditRecord.path == "/api/v1/worklist")
+        ).all()
+        assert len(views) == 40
+        assert chain.verify_chain(session) == chain.ChainCheck(True, 41)  # + the login
