@@ -90,9 +90,7 @@ class Hub:
     def missing(self) -> set[str]:
         with self.sessions() as session:
             return set(
-                session.scalars(
-                    select(Instance.object_key).where(Instance.missing_at.is_not(None))
-                )
+                session.scalars(select(Instance.object_key).where(Instance.missing_at.is_not(None)))
             )
 
 
@@ -180,9 +178,9 @@ def test_repair_refiles_quarantines_and_marks_then_clears_when_restored(hub: Hub
     final = fsck(hub.store, hub.sessions, repair=True)
     assert final.clean, [f.line() for f in final.findings]
     assert not hub.missing()
-    assert hashlib.sha256(hub.store.get(lost)).hexdigest() == hashlib.sha256(
-        hub.filed[0]
-    ).hexdigest()
+    assert (
+        hashlib.sha256(hub.store.get(lost)).hexdigest() == hashlib.sha256(hub.filed[0]).hexdigest()
+    )
 
 
 def test_cli_exit_codes(hub: Hub) -> None:
