@@ -316,7 +316,11 @@ def _aggregate(
                 for name, p in wanted:
                     figure = percentile_cont(values_list, p.fraction)
                     target[name] = None if figure is None else round(figure * p.scale, 2)
-    return sorted(rows.values(), key=lambda r: tuple(str(r.get(n)) for n, _ in keys))
+    # Periods sort as text; dimension keys are ids or codes (one type per column); None last.
+    return sorted(
+        rows.values(),
+        key=lambda r: tuple((r.get(n) is None, r.get(n) or 0) for n, _ in keys),
+    )
 
 
 def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
