@@ -3,7 +3,12 @@
 Use from a test module by importing the fixtures (they are not in conftest, so only browser tests
 pay for them)::
 
-    from tests.browser import browser, live_hub, page, screenshot  # noqa: F401
+    from tests import browser as browser_fixtures
+
+    browser = browser_fixtures.browser  # module-level names: pytest finds the fixtures, and
+    live_hub = browser_fixtures.live_hub  # ruff sees no import shadowed by test parameters
+    page = browser_fixtures.page
+    screenshot = browser_fixtures.screenshot
 
     def test_something(live_hub, page, screenshot):
         page.goto(live_hub.base + "/")
@@ -154,7 +159,12 @@ def live_hub(settings: Settings, tmp_path: Path) -> Iterator[LiveHub]:
                 except httpx.HTTPError:
                     return False
 
-            wait_until(ready, timeout=90, message="the hub to become ready")
+            try:
+                # Generous: a loaded 2-core machine can take a minute to migrate and start.
+                wait_until(ready, timeout=240, interval=0.5, message="the hub to become ready")
+            except AssertionError as exc:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{exc}\n{tail}") from None
             yield LiveHub(settings, base, log_path)
         finally:
             process.send_signal(signal.SIGTERM)

@@ -214,6 +214,10 @@ export function lang(): Lang {
   return current;
 }
 
+export function locale(): string {
+  return current === 'zh' ? 'zh-CN' : 'en-GB';
+}
+
 export function t(key: Key | string): string {
   return (dictionaries[current] as Record<string, string>)[key] ?? key;
 }

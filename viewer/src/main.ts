@@ -40,7 +40,11 @@ function drawHeader(): void {
 }
 
 function route(): void {
-  dispose?.();
+  try {
+    dispose?.();
+  } catch (error) {
+    console.error('leaving the page failed', error); // never keeps the next page from opening
+  }
   dispose = null;
   const hash = location.hash || '#/worklist';
   const [, page, arg] = hash.match(/^#\/([^/]+)\/?(.*)$/) ?? [];

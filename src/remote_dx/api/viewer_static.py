@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # src/remote_dx/api/viewer_static.py → the source tree's viewer/dist
 DEFAULT_DIST = Path(__file__).resolve().parents[3] / "viewer" / "dist"
+API_PREFIXES = ("api/", "dicom-web/", "wado")
 
 
 class ViewerFiles(StaticFiles):
@@ -32,7 +33,8 @@ class ViewerFiles(StaticFiles):
         try:
             response = await super().get_response(path, scope)
         except HTTPException as exc:
-            if exc.status_code != 404 or Path(path).suffix:
+            # An API address no route answers stays a 404, never the viewer's page.
+            if exc.status_code != 404 or Path(path).suffix or path.startswith(API_PREFIXES):
                 raise
             response = await super().get_response("index.html", scope)
         if path.startswith("assets/") and response.status_code == 200:

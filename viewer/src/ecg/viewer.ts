@@ -29,9 +29,8 @@ function analysisBox(analysis: Analysis | null): HTMLElement {
     h('h3', t('machine')),
     critical
       ? h('div.critical-banner', [
-          t('critical'),
-          ': ',
-          (analysis.critical.reasons ?? []).map((r: any) => (lang() === 'zh' ? r.zh : r.en) ?? r.code).join('; '),
+          h('div', t('critical')),
+          ...(analysis.critical.reasons ?? []).map((r: any) => h('div', (lang() === 'zh' ? r.zh : r.en) ?? r.code)),
         ])
       : null,
     h('table.measures', [

@@ -49,6 +49,8 @@ export function initCornerstone(): Promise<void> {
       // Every WADO-RS request carries the reader's token (the hub scopes studies per user).
       beforeSend: () => authHeaders(),
     });
+    // Higher priority than the loader's own provider (0): it runs first and falls through.
+    metaData.addProvider(projectionPlane, 100);
     toolsInit();
     for (const tool of [WindowLevelTool, PanTool, ZoomTool, LengthTool, AngleTool, StackScrollTool]) {
       addTool(tool);
@@ -63,6 +65,36 @@ export function renderingEngine(): RenderingEngine {
 }
 
 type DicomJson = Record<string, { vr: string; Value?: unknown[] }>;
+
+/**
+ * Image plane of projection radiographs (DX/CR/MG): they carry no Image Position/Orientation
+ * (Patient), so the loader marks their plane "default values" and Cornerstone then measures in
+ * px. Their spacing is real all the same — Pixel Spacing at the patient plane (PS3.3
+ * §10.7.1.3, e.g. magnification-corrected with Pixel Spacing Calibration Type GEOMETRY), or else
+ * Imager Pixel Spacing at the detector divided by the Estimated Radiographic Magnification
+ * Factor (PS3.3 §C.8.11.1) — so lengths and angles are given in mm from it.
+ */
+function projectionPlane(type: string, imageId: string): unknown {
+  if (type !== 'imagePlaneModule' || !imageId.startsWith('wadors:')) return undefined;
+  const instance = dicomImageLoader.wadors.metaDataManager.get(imageId) as unknown as DicomJson | undefined;
+  if (!instance || instance['00200037']?.Value) return undefined; // cross-sectional: as it is
+  const base = dicomImageLoader.wadors.metaData.metaDataProvider(type, imageId) as Record<string, any> | undefined;
+  if (!base) return undefined;
+  let spacing = (instance['00280030']?.Value as number[] | undefined)?.map(Number);
+  if (!spacing) {
+    const imager = (instance['00181164']?.Value as number[] | undefined)?.map(Number);
+    const ermf = Number(instance['00181114']?.Value?.[0] ?? 1) || 1;
+    spacing = imager?.map((v) => v / ermf);
+  }
+  if (!spacing || !(spacing[0] > 0) || !(spacing[1] > 0)) return undefined;
+  return {
+    ...base,
+    pixelSpacing: spacing,
+    rowPixelSpacing: spacing[0],
+    columnPixelSpacing: spacing[1],
+    usingDefaultValues: false,
+  };
+}
 
 function firstValue(instance: DicomJson, tag: string): unknown {
   return instance[tag]?.Value?.[0];

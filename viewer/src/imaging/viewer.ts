@@ -205,11 +205,16 @@ export async function mountImageViewer(
     try {
       const { imageIds } = await loadSeriesImages(pane.study.study_uid, series.series_uid);
       const vp = viewportOf(pane);
+      const drawn = new Promise((done) => {
+        pane.element.addEventListener(Enums.Events.IMAGE_RENDERED, done, { once: true });
+        window.setTimeout(done, 3000);
+      });
       await vp.setStack(imageIds, 0);
       const voi = vp.getProperties().voiRange;
       const image = vp.getCornerstoneImage();
       pane.range = image ? { lower: image.minPixelValue, upper: image.maxPixelValue } : voi ?? null;
       vp.render();
+      await drawn;
       pane.element.dataset.state = 'ready';
       pane.element.dataset.imageCount = String(imageIds.length);
       updateOverlay(pane);
@@ -294,19 +299,17 @@ export async function mountImageViewer(
   const resize = () => engine.resize(true, true);
   window.addEventListener('resize', resize);
 
-  // The first image drawn after the click in the worklist: the reader's wait, recorded.
-  current.element.addEventListener(
-    Enums.Events.IMAGE_RENDERED,
-    () => {
-      const ms = Math.round(performance.now() - openedAt);
-      current.element.dataset.firstImageMs = String(ms);
-      console.info(`first image drawn ${ms} ms after opening`);
-    },
-    { once: true },
-  );
-
   const first = imageSeries(study)[0];
-  if (first) await showSeries(current, first).catch((e) => toast(`${t('imageFailed')}: ${e.message ?? e}`, 'error'));
+  if (first) {
+    await showSeries(current, first)
+      .then(() => {
+        // The first image drawn after the click in the worklist: the reader's wait, recorded.
+        const ms = Math.round(performance.now() - openedAt);
+        current.element.dataset.firstImageMs = String(ms);
+        console.info(`first image drawn ${ms} ms after opening`);
+      })
+      .catch((e) => toast(`${t('imageFailed')}: ${e.message ?? e}`, 'error'));
+  }
   findPrior(study).then((uid) => {
     priorUid = uid;
     priorButton.disabled = !uid;

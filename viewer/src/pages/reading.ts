@@ -59,23 +59,22 @@ export function renderReading(
       study.worklist_item ? h('span', { className: `prio prio-${study.worklist_item.priority}` }, t(`p_${study.worklist_item.priority}`)) : null,
     ]);
     const modality = kind === 'ecg' ? 'ECG' : (study.modalities ?? '').split(/[\\,/ ]/)[0] || 'DX';
-    const [bodyMount, report] = await Promise.all([
-      kind === 'ecg'
-        ? import('../ecg/viewer').then((m) => m.mountECGViewer(body, study))
-        : import('../imaging/viewer').then((m) => m.mountImageViewer(body, study, openedAt)),
-      reportPanel(studyUid, modality, () => {
-        location.hash = '#/worklist';
-      }),
-    ]);
-    disposeBody = bodyMount;
-    panel = report;
-    if (gone) {
-      bodyMount();
-      await report.dispose();
-      return;
-    }
-    side.append(report.element);
+    // The report panel does not wait for the images, nor the images for the panel.
+    const reportReady = reportPanel(studyUid, modality, () => {
+      location.hash = '#/worklist';
+    }).then(async (report) => {
+      panel = report;
+      if (gone) await report.dispose();
+      else side.append(report.element);
+    });
+    const bodyMount = await (kind === 'ecg'
+      ? import('../ecg/viewer').then((m) => m.mountECGViewer(body, study))
+      : import('../imaging/viewer').then((m) => m.mountImageViewer(body, study, openedAt)));
+    if (gone) bodyMount();
+    else disposeBody = bodyMount;
+    await reportReady;
   })().catch((error) => {
+    console.error(error);
     toast(String(error?.message ?? error), 'error');
     body.textContent = String(error?.message ?? error);
   });

@@ -2,7 +2,7 @@
 
 import { api, personName, queryString, token, type WorklistEntry, type WorklistPage } from '../api';
 import { clear, h, toast } from '../dom';
-import { t } from '../i18n';
+import { locale, t } from '../i18n';
 
 const ORDER_KEY = 'rdx.worklist.order';
 const FILTER_KEY = 'rdx.worklist.filters';
@@ -159,7 +159,7 @@ export function renderWorklist(root: HTMLElement): () => void {
         h('td', item.modality ?? ''),
         h('td', [item.study_description ?? '', item.ecg?.critical ? h('span.crit', ` ${t('critical')}`) : null]),
         h('td', item.origin),
-        h('td', new Date(item.received_at).toLocaleString()),
+        h('td', new Date(item.received_at).toLocaleString(locale())),
         h('td.sla', { dataset: { due: item.due_at }, className: `sla${sla.overdue ? ' late' : sla.soon ? ' soon' : ''}` },
           item.status === 'signed' ? '—' : sla.text),
         h('td.status', t(`s_${item.status}`)),

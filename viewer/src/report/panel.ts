@@ -2,7 +2,7 @@
 
 import { ApiError, api, type ReportContent, type ReportView, type TemplateView } from '../api';
 import { h, toast } from '../dom';
-import { lang, t } from '../i18n';
+import { lang, locale, t } from '../i18n';
 
 const AUTOSAVE_MS = 1200;
 const RENEW_MS = 120_000;
@@ -71,7 +71,7 @@ export async function reportPanel(
     saving = api('PUT', `/studies/${studyUid}/report/draft`, { json: { template, content } })
       .then(() => {
         savedOnce = true;
-        state.textContent = `${t('saved')} ${new Date().toLocaleTimeString()}`;
+        state.textContent = `${t('saved')} ${new Date().toLocaleTimeString(locale())}`;
       })
       .catch((error: Error) => {
         dirty = true;
@@ -151,7 +151,7 @@ export async function reportPanel(
 
   const header = signed
     ? h('div.signed-by', [
-        `${t('signed')} · ${report.signed_by?.name ?? ''} · ${report.signed_at ? new Date(report.signed_at).toLocaleString() : ''}`,
+        `${t('signed')} · ${report.signed_by?.name ?? ''} · ${report.signed_at ? new Date(report.signed_at).toLocaleString(locale()) : ''}`,
         report.verify_code ? h('div', `${t('verifyCode')} ${report.verify_code}`) : null,
       ])
     : !holder
