@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -203,7 +204,11 @@ def _read_header(data: bytes) -> Dataset:
                 for tag, (vr, value) in sorted(walked.elements.items())
             }
         )
-        ds.set_original_encoding(implicit, little)
+        # The character set, found once: pydicom otherwise looks up (0008,0005) again for every
+        # element it converts (~10 µs each). Same value as its own lookup (no parent data set).
+        specific = ds.get("SpecificCharacterSet")
+        charset = convert_encodings(specific) if specific else default_encoding
+        ds.set_original_encoding(implicit, little, charset)
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = transfer_syntax
         for keyword in _REQUIRED_UIDS:
@@ -545,53 +550,57 @@ class _InstanceRow:
 
     @classmethod
     def of(cls, ds: Dataset, key: str, size: int, sha256: str, sender: Sender) -> _InstanceRow:
-        study_uid = str(ds.StudyInstanceUID)
-        series_uid = str(ds.SeriesInstanceUID)
-        sop_uid = str(ds.SOPInstanceUID)
+        # One pass over the ~30 elements read: each ``ds.get(keyword)`` costs a keyword lookup,
+        # a tag lookup and a raw-element check (~10 µs; ~0.3 ms per instance for all of them).
+        values = {element.keyword: element.value for element in ds}
+        get = values.get
+        study_uid = str(values["StudyInstanceUID"])
+        series_uid = str(values["SeriesInstanceUID"])
+        sop_uid = str(values["SOPInstanceUID"])
         return cls(
             study_uid,
             series_uid,
             sop_uid,
             patient={
-                "issuer": str(ds.get("IssuerOfPatientID") or "") or sender.institution_code,
-                "patient_id": str(ds.get("PatientID") or ""),
+                "issuer": str(get("IssuerOfPatientID") or "") or sender.institution_code,
+                "patient_id": str(get("PatientID") or ""),
                 "name": decode_element(ds, "PatientName"),
-                "birth_date": str(ds.get("PatientBirthDate") or "") or None,
-                "sex": str(ds.get("PatientSex") or "") or None,
+                "birth_date": str(get("PatientBirthDate") or "") or None,
+                "sex": str(get("PatientSex") or "") or None,
             },
             study={
                 "study_uid": study_uid,
                 "origin_id": sender.institution_id,
                 "device_id": sender.device_id,
-                "accession_number": str(ds.get("AccessionNumber") or "") or None,
-                "study_date": str(ds.get("StudyDate") or "") or None,
-                "study_time": str(ds.get("StudyTime") or "") or None,
+                "accession_number": str(get("AccessionNumber") or "") or None,
+                "study_date": str(get("StudyDate") or "") or None,
+                "study_time": str(get("StudyTime") or "") or None,
                 "description": decode_element(ds, "StudyDescription"),
                 # QIDO-RS return keys (migration 0005_dicomweb).
                 "referring_physician": _clip(decode_element(ds, "ReferringPhysicianName"), 200),
-                "dicom_study_id": _clip(str(ds.get("StudyID") or "") or None, 16),
+                "dicom_study_id": _clip(str(get("StudyID") or "") or None, 16),
                 "revision": 0,
                 "num_instances": 0,
             },
             series={
                 "series_uid": series_uid,
-                "modality": str(ds.get("Modality") or "") or None,
-                "series_number": _int(ds.get("SeriesNumber")),
+                "modality": str(get("Modality") or "") or None,
+                "series_number": _int(get("SeriesNumber")),
                 "description": decode_element(ds, "SeriesDescription"),
-                "body_part": str(ds.get("BodyPartExamined") or "") or None,
+                "body_part": str(get("BodyPartExamined") or "") or None,
             },
             instance={
                 "sop_instance_uid": sop_uid,
-                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_class_uid": str(values["SOPClassUID"]),
                 "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
-                "instance_number": _int(ds.get("InstanceNumber")),
+                "instance_number": _int(get("InstanceNumber")),
                 "object_key": key,
                 "size_bytes": size,
                 "sha256": sha256,
                 "calling_ae": sender.ae_title,
-                "rows": _int(ds.get("Rows")),
-                "columns": _int(ds.get("Columns")),
-                "number_of_frames": _int(ds.get("NumberOfFrames")),
+                "rows": _int(get("Rows")),
+                "columns": _int(get("Columns")),
+                "number_of_frames": _int(get("NumberOfFrames")),
             },
         )
 
