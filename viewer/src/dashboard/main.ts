@@ -165,7 +165,10 @@ async function render(): Promise<void> {
   chart(body, '医共体网络', true, true).setOption({
     tooltip: { trigger: 'item' },
     series: [{
-      type: 'tree', data: tree.roots.map(toTree), top: '4%', bottom: '4%', left: '8%', right: '18%',
+      // One tree per root institution (a hub may serve several provinces' partners): ECharts
+      // draws one root, so they hang under the hub.
+      type: 'tree',
+      data: [{ name: '远程诊断中心', value: tree.roots.reduce((n, r) => n + r.value, 0), children: tree.roots.map(toTree) }], top: '4%', bottom: '4%', left: '8%', right: '18%',
       symbolSize: 9, initialTreeDepth: -1, label: { position: 'left', fontSize: 11 },
       leaves: { label: { position: 'right' } },
     }],
