@@ -375,9 +375,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--processes",
         type=int,
-        default=os.cpu_count() or 1,
-        help="receiver processes of our peers (remote-dx scp --processes; default: one per "
-        "CPU, as Orthanc's threads use every core)",
+        default=1,
+        help="receiver processes of our peers (remote-dx scp --processes N: one acceptor hands "
+        "each association to the least-loaded process); default 1, see bench/README.md",
     )
     parser.add_argument(
         "--repeat",
