@@ -74,7 +74,7 @@ def scp(
         typer.Option(
             "--processes",
             min=1,
-            help="receiver processes sharing the port (SO_REUSEPORT); default 1",
+            help="receiver processes, each association to the least-loaded one; default 1",
         ),
     ] = None,
     metrics_port: MetricsPort = None,
