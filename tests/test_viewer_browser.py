@@ -264,3 +264,10 @@ def test_county_reader_reads_dx_and_ecg_in_the_browser(
     page.click("button[name=lang]")
     page.wait_for_selector("button[name=sign]:has-text('Sign')")
     screenshot("09-ecg-english")
+
+    # A laptop screen: the paper, the analysis and the report still share one screen.
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.wait_for_timeout(300)
+    panel = page.locator(".report-panel button[name=sign]").bounding_box()
+    assert panel is not None and panel["x"] + panel["width"] <= 1366
+    screenshot("10-ecg-laptop-1366x768")

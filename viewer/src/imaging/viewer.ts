@@ -277,7 +277,7 @@ export async function mountImageViewer(
       existing.element.parentElement!.remove();
       panes.splice(panes.indexOf(existing), 1);
       priorButton.textContent = t('showPrior');
-      engine.resize(true, true);
+      engine.resize(true, false); // the layout changed: fit the image to its new pane
       return;
     }
     if (!priorUid) return;
@@ -285,7 +285,7 @@ export async function mountImageViewer(
     const pane = makePane(prior, 'prior');
     panes.push(pane);
     priorButton.textContent = t('hidePrior');
-    engine.resize(true, true);
+    engine.resize(true, false);
     const first = imageSeries(prior)[0];
     if (first) await showSeries(pane, first).catch((e) => toast(String(e), 'error'));
   }
