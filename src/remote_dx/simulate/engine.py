@@ -345,7 +345,7 @@ class Simulator:
         if stat:
             minutes = self.rng.gamma(2.0, 2.5)
         elif case.kind == "ecg":
-            minutes = self.rng.gamma(2.0, 45.0 if night else 12.0)
+            minutes = self.rng.gamma(2.0, 25.0 if night else 10.0)
         else:
             minutes = self.rng.gamma(2.0, 240.0 if night else 60.0)
         return at + timedelta(minutes=float(minutes))
