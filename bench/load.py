@@ -3,9 +3,10 @@
     python bench/load.py [--studies 100000] [--clients 50] [--seconds 20] [--api-processes 2]
 
 Generation goes through the real ingest door (``file_instance``: parse, object store, index)
-with one small instance per study from the demo network's devices, in a fresh database on the
-machine's PostgreSQL (``RDX_BENCH_POSTGRES_URL``) and a FileStore under a temporary folder; the
-generation time is printed. Routing is then applied in bulk SQL, as the worker would leave it
+with one small instance per study from the demo network's devices, in a throw-away PostgreSQL
+cluster (``initdb``/``pg_ctl``, max_connections 400; ``--no-private-postgres`` uses
+``RDX_BENCH_POSTGRES_URL``'s server) and a FileStore under a temporary folder; the generation
+time is printed. Routing is then applied in bulk SQL, as the worker would leave it
 (processed, one worklist item per study: county pool mostly, the province for one in ten, STAT /
 URGENT / ROUTINE, some claimed), so the worklist has the size of a busy year.
 
@@ -213,16 +214,29 @@ def run(
     seconds: float = 20.0,
     api_processes: int = 2,
     keep: bool = False,
+    private_postgres: bool = True,
 ) -> dict[str, dict[str, float]]:
     from remote_dx.core.db import dispose_engines, session_scope
     from remote_dx.core.migrate import upgrade
     from remote_dx.core.network import apply_network, load_network_file
     from remote_dx.core.settings import Settings
 
-    why = postgres_unavailable()
-    if why:
-        raise SystemExit(f"PostgreSQL needed: {why}")
-    database = PostgresDatabase()
+    private = None
+    if private_postgres:
+        # A cluster of our own: API processes hold up to 2 × 40 connections each (requests and
+        # the audit trail's engine), more than a shared server's max_connections=100 leaves,
+        # and other users of a shared server would skew the figures.
+        from bench.soak import Postgres
+
+        private = Postgres(Path(tempfile.mkdtemp(prefix="rdx-load-pg-")), max_connections=400)
+        private.init()
+        private.start()
+        database = PostgresDatabase(private.url)
+    else:
+        why = postgres_unavailable()
+        if why:
+            raise SystemExit(f"PostgreSQL needed: {why}")
+        database = PostgresDatabase()
     database.create()
     work = Path(tempfile.mkdtemp(prefix="rdx-load-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -350,6 +364,10 @@ def run(
         if not keep:
             database.drop()
             shutil.rmtree(work, ignore_errors=True)
+        if private is not None:
+            private.stop("fast")
+            if not keep:
+                shutil.rmtree(private.root, ignore_errors=True)
 
 
 def main() -> int:
@@ -359,8 +377,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--api-processes", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the database and folder")
+    parser.add_argument(
+        "--private-postgres",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a throw-away cluster (initdb/pg_ctl) instead of RDX_BENCH_POSTGRES_URL's server",
+    )
     args = parser.parse_args()
-    results = run(args.studies, args.clients, args.seconds, args.api_processes, args.keep)
+    results = run(
+        args.studies, args.clients, args.seconds, args.api_processes, args.keep,
+        args.private_postgres,
+    )  # fmt: skip
     errors = sum(r["errors"] for r in results.values())
     met = all(results[name]["p99"] <= target for name, target in TARGETS.items())
     print(f"errors {errors}; latency targets {'met' if met else 'NOT met'}")

@@ -81,7 +81,8 @@ def log(message: str) -> None:
 class Postgres:
     """A private cluster: initdb into ``root``, served on ``port`` (127.0.0.1 only)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_connections: int = 200) -> None:
+        self.max_connections = max_connections
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not bins:
             raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
@@ -122,7 +123,7 @@ class Postgres:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-            "-c max_connections=200 -c shared_buffers=64MB"
+            f"-c max_connections={self.max_connections} -c shared_buffers=128MB"
         )
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"),
@@ -572,6 +573,7 @@ def run(
 
     for thread in threads:
         thread.join()
+    senders_seconds = time.monotonic() - load_began
     ecg_thread.join()
     load_seconds = time.monotonic() - load_began
     log(f"senders done in {load_seconds:.1f} s; ECG uploader exit codes {ecg_runs}")
@@ -634,6 +636,7 @@ def run(
         work=work,
     )
     result.settle_seconds = settle_seconds  # type: ignore[attr-defined]
+    result.senders_seconds = senders_seconds  # type: ignore[attr-defined]
     return result
 
 
@@ -642,9 +645,11 @@ def print_result(result: Result) -> None:
           f"{result.instances_indexed}; studies {result.studies}, processed "
           f"{result.studies_processed}, on a worklist {result.studies_on_worklist}; ECG studies "
           f"{result.ecg_studies}")  # fmt: skip
-    print(f"throughput: {result.instances_sent / result.seconds:.1f} instances/s and "
-          f"{result.ecgs_sent / result.seconds:.1f} ECGs/s over {result.seconds:.1f} s of load; "
-          f"processing settled {getattr(result, 'settle_seconds', 0):.1f} s later")  # fmt: skip
+    senders = getattr(result, "senders_seconds", result.seconds)
+    print(f"throughput: {result.instances_sent / senders:.1f} instances/s (storescu senders done "
+          f"in {senders:.1f} s), {result.ecgs_sent / result.seconds:.2f} ECGs/s (uploader done in "
+          f"{result.seconds:.1f} s); processing settled "
+          f"{getattr(result, 'settle_seconds', 0):.1f} s later")  # fmt: skip
     print("retryable failures seen by senders (and re-sent): "
           + (", ".join(f"{k}×{n}" for k, n in result.retryable.items()) or "none"))  # fmt: skip
     for fault in result.faults:
