@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -477,6 +478,7 @@ def run(
 ) -> Outcome:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     quiet()
+    own_work = work is None
     work = work or Path(tempfile.mkdtemp(prefix="rdx-fuzz-"))
     data_dir = work / "hub"
     env = {
@@ -532,6 +534,8 @@ def run(
             (findings_dir / f"{name}.dcm").write_bytes(data)
             (findings_dir / f"{name}.txt").write_text(f"{finding.what}\n{finding.sample.name}\n")
     outcome.elapsed = elapsed  # type: ignore[attr-defined]
+    if own_work and not outcome.findings:
+        shutil.rmtree(work, ignore_errors=True)
     return outcome
 
 
