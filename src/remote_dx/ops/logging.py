@@ -41,6 +41,7 @@ _STANDARD = frozenset(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, No
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
 
 
