@@ -69,6 +69,17 @@ function route(): void {
   }
 }
 
+// Warm the image viewer while the reader looks at the worklist: the 4 MB Cornerstone chunk,
+// its init and the decoder workers would otherwise sit between the click and the first image.
+function prewarmViewer(): void {
+  if (!token()) return;
+  const warm = () => import('./imaging/cornerstone').then((m) => m.initCornerstone()).catch(() => undefined);
+  if ('requestIdleCallback' in window) window.requestIdleCallback(warm, { timeout: 2000 });
+  else setTimeout(warm, 500);
+}
+window.addEventListener('hashchange', prewarmViewer, { once: true });
+prewarmViewer();
+
 onLangChange(route);
 window.addEventListener('hashchange', route);
 setLang(lang());
