@@ -198,6 +198,9 @@ ROUTES: list[Row] = [
     Row("GET", "/api/v1/studies/{study_uid}/report/fhir", PATIENT, STUDY,
         skip_reason="as report.pdf"),
     Row("GET", "/api/v1/studies/{study_uid}/deliveries", PATIENT, STUDY, ok=frozenset({200})),
+    # de-identified export (PS3.15 basic profile) for teaching or outside consultation
+    Row("GET", "/api/v1/studies/{study_uid}/deidentified", READERS | ADMIN, STUDY,
+        ok=frozenset({200})),
     Row("GET", "/api/v1/recognition", PATIENT, extra={"params": {"patient_id": "P1"}}),
     # statistics (aggregates, no patient): statisticians and admins all pools, readers their own
     Row("GET", "/api/v1/stats/tables", STATS, ok=frozenset({200})),
@@ -437,7 +440,9 @@ def _empty(response: Any) -> bool:
     if isinstance(body, list):
         return not body
     if isinstance(body, dict):
-        return body.get("total") == 0 and not any(v for v in body.values() if isinstance(v, list))
+        lists = [v for v in body.values() if isinstance(v, list)]
+        counted = "total" in body
+        return (bool(lists) or counted) and not any(lists) and not body.get("total")
     return False
 
 
