@@ -52,6 +52,7 @@ from bench.receiver import PostgresDatabase, postgres_unavailable, remote_dx_com
 DEVICES = ("XIPING_DR", "DINGHE_DR", "XIPING_ECG")
 READER = "county_reader"
 TARGETS = {"worklist": 0.050, "study": 0.100}
+WORKLIST = "/api/v1/worklist?limit=50"
 
 
 def free_port() -> int:
@@ -328,9 +329,23 @@ def run(
             timeout=30,
         )
         results = {}
+        # One client first: what a request costs without queueing (the 50-client figures add
+        # the wait for a CPU and a connection on top of it).
+        print(f"baseline: 1 client, {min(seconds, 5.0):.0f} s each:")
+        one = tokens[:1]
+        asyncio.run(drive("worklist", bases, one, lambda rng: WORKLIST, min(seconds, 5.0)))
+        asyncio.run(
+            drive(
+                "study",
+                bases,
+                one,
+                lambda rng: f"/api/v1/studies/{rng.choice(uids)}",
+                min(seconds, 5.0),
+            )
+        )
         print(f"{clients} clients over {api_processes} API processes, {seconds:.0f} s each:")
         results["worklist"] = asyncio.run(
-            drive("worklist", bases, tokens, lambda rng: "/api/v1/worklist?limit=50", seconds)
+            drive("worklist", bases, tokens, lambda rng: WORKLIST, seconds)
         )
         results["study"] = asyncio.run(
             drive(
