@@ -27,7 +27,7 @@ import threading
 from typing import Any
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -191,7 +191,13 @@ def audit_sessions(url: str) -> sessionmaker[Session]:
     with _engine_lock:
         engine = core_db._engines.get(key)
         if engine is None:
-            engine = core_db._engines[key] = core_db.make_engine(url)
+            if url.startswith("sqlite"):
+                engine = core_db.make_engine(url)
+            else:
+                # Writes are short and serialised by the chain head anyway: a small pool keeps
+                # the audit engine from doubling each process's server connections.
+                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=6)
+            core_db._engines[key] = engine
     return sessionmaker(engine, expire_on_commit=False)
 
 
