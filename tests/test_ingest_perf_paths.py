@@ -634,17 +634,3 @@ def test_dispatcher_hands_connections_to_the_least_loaded_ready_process() -> Non
         dispatcher.stop()
         for sock in [*clients, *held, *workers]:
             sock.close()
-
-
-def test_command_pdu_equals_pynetdicoms_p_data_tf() -> None:
-    """The C-STORE-RSP the reactor writes itself is byte for byte what the DUL would send."""
-    from pynetdicom.pdu import P_DATA_TF
-    from pynetdicom.pdu_primitives import P_DATA
-
-    from remote_dx.ingest.transport import command_pdu
-
-    command = encode_store_response(7, _SOP_CLASS, _SOP_INSTANCE, 0x0000)
-    assert command is not None
-    primitive = P_DATA()
-    primitive.presentation_data_value_list = [[3, b"\x03" + command]]
-    assert command_pdu(3, command) == P_DATA_TF(primitive).encode()

@@ -351,12 +351,13 @@ def _file_on_sqlite(
                 return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(str(exc)) from exc
-        row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
-        # The object is written by this thread, before the write lock is taken (SQLite has one
-        # writer at a time: no writer waits on another's disk flush). A helper thread would
-        # overlap only the hash (~0.1 ms) and cost two thread hand-overs, each a wait for a CPU
-        # on a loaded machine.
-        store.put(key, data, content_type="application/dicom")
+        pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
+        try:
+            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
+        finally:
+            # SQLite has one writer at a time: wait for the object before taking the write
+            # lock, so no writer waits on another's disk flush.
+            pending.result()
         ids = _engine_ids(engine)
         for attempt in range(5):
             try:

@@ -296,51 +296,11 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
             # The whole command set fits in one PDV unless the peer asked for absurdly small PDUs.
             limit = self.maximum_pdu_size
             if encoded is not None and (not limit or len(encoded) + 7 <= limit):
-                if self._send_directly(context_id, encoded):
-                    return
                 pdata = P_DATA()
                 pdata.presentation_data_value_list = [[context_id, b"\x03" + encoded]]
                 self.dul.send_pdu(pdata)
                 return
         super().send_msg(primitive, context_id)
-
-    def _send_directly(self, context_id: int, command: bytes) -> bool:
-        """Write the C-STORE-RSP's P-DATA-TF PDU (PS3.8 §9.3.5) from this thread.
-
-        The DUL thread would do the same (state Sta6 + Evt9 → DT-1: send, stay in Sta6), but
-        only after a hand-over between threads, which on a loaded machine waits for a CPU each
-        time. Done here only in Sta6 with nothing else queued for the peer and nobody watching
-        sent PDUs; otherwise (releasing, aborting, a handler bound) the DUL sends it as before.
-        A failed send is reported to the DUL as the transport closing (Evt17), as its own send
-        does.
-        """
-        dul = self.dul
-        transport = dul.socket
-        sock = getattr(transport, "socket", None)
-        if (
-            sock is None
-            or dul.state_machine.current_state != "Sta6"
-            or not dul.to_provider_queue.empty()
-            or self.assoc.get_handlers(evt.EVT_PDU_SENT)
-            or self.assoc.get_handlers(evt.EVT_DATA_SENT)
-        ):
-            return False
-        try:
-            sock.sendall(command_pdu(context_id, command))
-        except OSError:
-            dul.event_queue.put("Evt17")
-        return True
-
-
-def command_pdu(context_id: int, command: bytes) -> bytes:
-    """A P-DATA-TF PDU (PS3.8 §9.3.5) carrying a whole command set in one PDV item.
-
-    PDV item: length, presentation context id, message control header (command, last
-    fragment, PS3.8 §E.2), then the command set; the same bytes as pynetdicom's
-    ``P_DATA_TF(primitive).encode()``.
-    """
-    item = _PDV_HEADER.pack(len(command) + 2, context_id, _COMMAND | _LAST) + command
-    return _PDU_HEADER.pack(0x04, 0, len(item)) + item
 
 
 def _store_response_bytes(rsp: C_STORE) -> bytes | None:
@@ -600,8 +560,6 @@ def encode_store_response(
 
 
 _IMPLICIT_HEADER = struct.Struct("<HHL")
-_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 Table 9-22)
-_PDV_HEADER = struct.Struct(">LBB")  # item length, context id, message control header
 
 
 def _us(value: bytes) -> int:
