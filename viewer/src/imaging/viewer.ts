@@ -5,7 +5,7 @@
  * and series/instance navigation.
  */
 
-import { eventTarget, type Types } from '@cornerstonejs/core';
+import { eventTarget, imageLoader, type Types } from '@cornerstonejs/core';
 import { annotation, Enums as ToolEnums } from '@cornerstonejs/tools';
 import { api, personName, type SeriesView, type StudyDetail, type WorklistPage } from '../api';
 import { clear, h, toast } from '../dom';
@@ -18,6 +18,7 @@ import {
   loadSeriesImages,
   presetFor,
   renderingEngine,
+  type SeriesImages,
   type ToolKey,
 } from './cornerstone';
 
@@ -60,7 +61,19 @@ export async function mountImageViewer(
   study: StudyDetail,
   openedAt: number,
 ): Promise<() => void> {
+  performance.mark('rdx:viewer-module');
   await initCornerstone();
+  performance.mark('rdx:cornerstone-ready');
+  // Fetch and decode the first image while the viewport is being set up (WebGL context, tools):
+  // the reader's wait is the longer of the two, not their sum.
+  const first = imageSeries(study)[0];
+  const preloaded = first
+    ? loadSeriesImages(study.study_uid, first.series_uid).then((images) => {
+        if (images.imageIds[0]) void imageLoader.loadAndCacheImage(images.imageIds[0]).catch(() => undefined);
+        return images;
+      })
+    : undefined;
+  preloaded?.catch(() => undefined); // reported by showSeries below
   const engine = renderingEngine();
   const panes: Pane[] = [];
   let activeTool: ToolKey = 'wl';
@@ -197,13 +210,13 @@ export async function mountImageViewer(
     return pane;
   }
 
-  async function showSeries(pane: Pane, series: SeriesView): Promise<void> {
+  async function showSeries(pane: Pane, series: SeriesView, preloaded?: Promise<SeriesImages>): Promise<void> {
     pane.series = series;
     pane.modality = series.modality ?? '';
     pane.element.dataset.state = 'loading';
     pane.overlay.textContent = t('loadingImages');
     try {
-      const { imageIds } = await loadSeriesImages(pane.study.study_uid, series.series_uid);
+      const { imageIds } = await (preloaded ?? loadSeriesImages(pane.study.study_uid, series.series_uid));
       const vp = viewportOf(pane);
       const drawn = new Promise((done) => {
         pane.element.addEventListener(Enums.Events.IMAGE_RENDERED, done, { once: true });
@@ -299,9 +312,8 @@ export async function mountImageViewer(
   const resize = () => engine.resize(true, true);
   window.addEventListener('resize', resize);
 
-  const first = imageSeries(study)[0];
   if (first) {
-    await showSeries(current, first)
+    await showSeries(current, first, preloaded)
       .then(() => {
         // The first image drawn after the click in the worklist: the reader's wait, recorded.
         const ms = Math.round(performance.now() - openedAt);
