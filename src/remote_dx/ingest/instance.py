@@ -28,7 +28,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import UID
 from sqlalchemy import Engine, bindparam, func, select, update
@@ -132,6 +132,7 @@ def _read_checked(data: bytes, *, pixels: bool) -> Dataset:
         raise
     except (
         InvalidDicomError,
+        BytesLengthException,
         EOFError,
         ValueError,
         TypeError,
@@ -220,6 +221,7 @@ def _read_header(data: bytes) -> Dataset:
     except InvalidInstance:
         raise
     except (
+        BytesLengthException,  # a value length that is no multiple of its VR's size (bench/fuzz)
         EOFError,
         ValueError,
         TypeError,
