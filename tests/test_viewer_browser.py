@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from remote_dx.api.viewer_static import mount_viewer
 from tests import browser as browser_fixtures
-from tests.browser import LiveHub, require_viewer
+from tests.browser import LiveHub, require_chromium, require_viewer
 from tests.support import SAMPLE_STUDIES
 
 # The shared browser fixtures, bound here so pytest finds them in this module.
@@ -102,8 +102,14 @@ def _prior_of(source: Path, folder: Path) -> Path:
 
 
 @pytest.fixture
-def reading_day(live_hub: LiveHub, tmp_path: Path) -> dict[str, Any]:
+def viewer_built() -> None:
+    """Skip before a hub is started when there is no browser or no built viewer."""
+    require_chromium()
     require_viewer()
+
+
+@pytest.fixture
+def reading_day(viewer_built: None, live_hub: LiveHub, tmp_path: Path) -> dict[str, Any]:
     prior = _prior_of(DX, tmp_path)
     live_hub.push([DX, prior], calling_ae="XIPING_DR")
     live_hub.push([ECG], calling_ae="XIPING_ECG")
@@ -152,7 +158,12 @@ def _drag(page: Any, box: dict[str, float], start: tuple[float, float], delta: t
 
 @pytest.mark.slow
 def test_county_reader_reads_dx_and_ecg_in_the_browser(
-    live_hub: LiveHub, reading_day: dict[str, Any], page: Any, browser: Any, screenshot: Any
+    viewer_built: None,
+    live_hub: LiveHub,
+    reading_day: dict[str, Any],
+    page: Any,
+    browser: Any,
+    screenshot: Any,
 ) -> None:
     uids = reading_day["uids"]
     base = live_hub.base
