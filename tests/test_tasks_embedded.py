@@ -45,7 +45,7 @@ def _processed(sessions: sessionmaker[Session], study_uid: str) -> Study | None:
 def test_configuration_uses_the_filesystem_broker_under_the_data_dir(settings: Settings) -> None:
     tasks.configure(settings)
     conf = tasks.app.conf
-    assert conf.broker_url.startswith("filesystem://")
+    assert conf.broker_url.startswith("rdxfs://")
     options = conf.broker_transport_options
     queue = settings.broker_dir.resolve() / "queue"
     assert options["data_folder_in"] == options["data_folder_out"] == str(queue)

@@ -3,8 +3,9 @@
 One app (``app``), configured from :class:`Settings` by :func:`configure`; the broker is the only
 thing that differs between the modes:
 
-- empty ``RDX_BROKER_URL`` → kombu's ``filesystem://`` transport under ``data_dir/broker`` (no
-  server; polled every ``broker_polling_interval`` s). ``sqla+sqlite`` was measured here at one
+- empty ``RDX_BROKER_URL`` → kombu's filesystem transport under ``data_dir/broker`` (no
+  server; polled every ``broker_polling_interval`` s), with atomic message files
+  (:mod:`remote_dx.filesystem_broker`). ``sqla+sqlite`` was measured here at one
   poll per second and is not offered.
 - ``redis://…`` → Redis, with a ``visibility_timeout`` of minutes: with ``acks_late`` an
   unacknowledged task comes back only after it, and Celery's default is an hour.
@@ -45,7 +46,7 @@ from typing import Any
 from celery import Celery, signals
 from sqlalchemy.exc import OperationalError
 
-from remote_dx import pipeline
+from remote_dx import filesystem_broker, pipeline
 from remote_dx.core import db as core_db
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import get_sessionmaker
@@ -124,7 +125,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.broker_url
     if not url:
         folders = broker_folders(settings)
-        config["broker_url"] = "filesystem://localhost/"
+        config["broker_url"] = f"{filesystem_broker.SCHEME}://localhost/"
         config["broker_transport_options"] = {
             # One folder for in and out: every process both publishes and consumes.
             "data_folder_in": str(folders.queue),
