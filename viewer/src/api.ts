@@ -2,6 +2,8 @@
 
 const TOKEN_KEY = 'rdx.token';
 const USER_KEY = 'rdx.user';
+const REFRESH_KEY = 'rdx.refresh';
+const EXPIRES_KEY = 'rdx.expires';
 
 export class ApiError extends Error {
   constructor(
@@ -22,8 +24,59 @@ export function username(): string | null {
 }
 
 export function logout(): void {
-  sessionStorage.removeItem(TOKEN_KEY);
-  sessionStorage.removeItem(USER_KEY);
+  if (refreshTimer !== undefined) clearTimeout(refreshTimer);
+  refreshTimer = undefined;
+  for (const key of [TOKEN_KEY, USER_KEY, REFRESH_KEY, EXPIRES_KEY]) sessionStorage.removeItem(key);
+}
+
+interface TokenAnswer {
+  access_token: string;
+  expires_in: number;
+  refresh_token?: string;
+}
+
+let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+let refreshing: Promise<boolean> | null = null;
+
+/** Keep the short-lived access token and schedule its renewal before it runs out. */
+function keepTokens(body: TokenAnswer): void {
+  sessionStorage.setItem(TOKEN_KEY, body.access_token);
+  if (body.refresh_token) sessionStorage.setItem(REFRESH_KEY, body.refresh_token);
+  const expiresAt = Date.now() + body.expires_in * 1000;
+  sessionStorage.setItem(EXPIRES_KEY, String(expiresAt));
+  scheduleRefresh();
+}
+
+/**
+ * Renew at four fifths of the token's life: the image loader and the live worklist read the
+ * token from here without going through api(), so waiting for a 401 would cut a reading short.
+ */
+export function scheduleRefresh(): void {
+  if (refreshTimer !== undefined) clearTimeout(refreshTimer);
+  const expiresAt = Number(sessionStorage.getItem(EXPIRES_KEY) ?? 0);
+  if (!expiresAt || !sessionStorage.getItem(REFRESH_KEY)) return;
+  const lifeLeft = expiresAt - Date.now();
+  refreshTimer = setTimeout(() => void refreshTokens(), Math.max(0, lifeLeft * 0.8));
+}
+
+/** Trade the refresh token for new ones (RFC 6749 §6, rotated by the hub); false if refused. */
+export function refreshTokens(): Promise<boolean> {
+  const current = sessionStorage.getItem(REFRESH_KEY);
+  if (!current) return Promise.resolve(false);
+  refreshing ??= (async () => {
+    try {
+      const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: current });
+      const answer = await fetch('/api/v1/auth/refresh', { method: 'POST', body: form });
+      if (!answer.ok) return false;
+      keepTokens((await answer.json()) as TokenAnswer);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
 }
 
 /** OAuth2 password grant (RFC 6749 §4.3): form fields, answers a bearer JWT. */
@@ -32,7 +85,7 @@ export async function login(user: string, password: string): Promise<void> {
   const answer = await fetch('/api/v1/auth/token', { method: 'POST', body: form });
   const body = await answer.json().catch(() => ({}));
   if (!answer.ok) throw new ApiError(answer.status, String(body.detail ?? answer.statusText), body);
-  sessionStorage.setItem(TOKEN_KEY, body.access_token);
+  keepTokens(body as TokenAnswer);
   sessionStorage.setItem(USER_KEY, user);
 }
 
@@ -53,19 +106,23 @@ export function authHeaders(): Record<string, string> {
   return value ? { Authorization: `Bearer ${value}` } : {};
 }
 
-/** One API call; a 401 sends the reader back to the login page. */
+/** One API call; a 401 renews the token once, then sends the reader back to the login page. */
 export async function api<T = any>(
   method: string,
   path: string,
   options: { query?: Query; json?: unknown; accept?: string } = {},
 ): Promise<T> {
-  const headers: Record<string, string> = { ...authHeaders(), Accept: options.accept ?? 'application/json' };
-  let body: BodyInit | undefined;
-  if (options.json !== undefined) {
-    headers['Content-Type'] = 'application/json';
-    body = JSON.stringify(options.json);
-  }
-  const answer = await fetch(`/api/v1${path}${queryString(options.query)}`, { method, headers, body });
+  const send = (): Promise<Response> => {
+    const headers: Record<string, string> = { ...authHeaders(), Accept: options.accept ?? 'application/json' };
+    let body: BodyInit | undefined;
+    if (options.json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(options.json);
+    }
+    return fetch(`/api/v1${path}${queryString(options.query)}`, { method, headers, body });
+  };
+  let answer = await send();
+  if (answer.status === 401 && (await refreshTokens())) answer = await send();
   if (answer.status === 401) {
     logout();
     location.hash = '#/login';

@@ -1,7 +1,7 @@
 /** The reading workstation: a hash router over login, worklist, image study and ECG pages. */
 
 import './styles.css';
-import { logout, token, username } from './api';
+import { logout, scheduleRefresh, token, username } from './api';
 import { append, h } from './dom';
 import { lang, onLangChange, setLang, t } from './i18n';
 import { renderLogin } from './pages/login';
@@ -83,3 +83,5 @@ prewarmViewer();
 onLangChange(route);
 window.addEventListener('hashchange', route);
 setLang(lang());
+// A reload keeps the tokens in sessionStorage but not the renewal timer.
+scheduleRefresh();
