@@ -185,3 +185,87 @@ def test_dimensions_and_scope(stats_db: tuple[sessionmaker[Session], Scenario]) 
     assert (scoped[0]["received"], scoped[0]["read"]) == (4, 4)
     (root,) = tree["roots"]
     assert root["code"] == "HNSRMYY" and root["value"] == 7
+
+
+def test_facts_follow_the_workflow_after_a_refresh(
+    stats_db: tuple[sessionmaker[Session], Scenario], settings: Settings
+) -> None:
+    """The per-study fact rows the figures read (stats/facts.py) follow later workflow steps:
+    on PostgreSQL through the triggers' dirty marks (only marked studies are recomputed), on
+    SQLite by the rebuild. After each refresh every row equals its definition."""
+    from datetime import timedelta
+
+    import numpy as np
+    from sqlalchemy import select
+
+    from remote_dx import pipeline
+    from remote_dx.core import clock
+    from remote_dx.core.models import Device, StudyFact, User
+    from remote_dx.ecg.model import PatientInfo
+    from remote_dx.ingest.instance import Sender, file_instance
+    from remote_dx.ingest.study import sweep_ready_studies
+    from remote_dx.reporting.keys import load_signing_key
+    from remote_dx.reporting.schemas import ReportContent
+    from remote_dx.reporting.signing import sign
+    from remote_dx.simulate.exams import dx_part10
+    from remote_dx.stats import facts
+    from remote_dx.storage.factory import get_store
+    from remote_dx.worklist.lease import claim
+    from tests.test_stats_scenario import at, sh
+
+    sessions, _ = stats_db
+
+    def stored_equals_definition() -> int:
+        with sessions() as session:
+            facts.refresh(session)
+            stored = {tuple(r) for r in session.execute(select(*StudyFact.__table__.c)).all()}
+            derived = {tuple(r) for r in session.execute(facts.select_facts()).all()}
+        assert stored == derived
+        return len(stored)
+
+    assert stored_equals_definition() == 7
+    march = rows(sessions, "volumes", period=Period.MONTH)
+    assert [r["period"] for r in march] == ["2026-01", "2026-02"]
+
+    # A new study H (西坪 DX, 03-05 09:00 Shanghai), claimed 09:30 and signed 09:50, positive.
+    uid = "1.2.826.0.1.3680043.10.1999.72"
+    when = sh(3, 5, 9)
+    at(when)
+    store = get_store(settings)
+    with sessions() as session:
+        device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))
+        assert device is not None
+        _ = device.institution
+        sender = Sender.of(device)
+        reader = session.scalar(select(User).where(User.username == "county_reader"))
+        assert reader is not None
+        session.expunge(reader)
+    data = dx_part10(np.random.default_rng(8), study_uid=uid, acquired_at=when, institution="T",
+                     patient=PatientInfo(patient_id="P-H", name="TEST^H", sex="F",
+                                         birth_date="19700101"))  # fmt: skip
+    file_instance(data, store=store, sessions=sessions, sender=sender)
+    processed = when + timedelta(seconds=settings.quiet_seconds + 1)
+    at(processed)
+    assert uid in sweep_ready_studies(sessions, quiet_seconds=settings.quiet_seconds)
+    assert pipeline.process_study(uid, sessions=sessions, store=store, now=processed).result == (
+        "processed"
+    )
+    # Received, not yet read: the refresh must see the new study before it is read.
+    march = by_period(rows(sessions, "volumes", period=Period.MONTH))
+    assert (march["2026-03"]["received"], march["2026-03"]["read"]) == (1, 0)
+    at(sh(3, 5, 9, 30))
+    with sessions() as session:
+        claim(session, reader, uid, lease=timedelta(minutes=30), now=sh(3, 5, 9, 30))
+    at(sh(3, 5, 9, 50))
+    with sessions() as session:
+        sign(session, reader, uid, key=load_signing_key(settings), now=sh(3, 5, 9, 50),
+             content=ReportContent(findings="所见", impression="意见", positive=True))  # fmt: skip
+        session.commit()
+    clock.reset()
+    assert stored_equals_definition() == 8
+    march = by_period(rows(sessions, "volumes", period=Period.MONTH))["2026-03"]
+    assert (march["received"], march["read"], march["positive"]) == (1, 1, 1)
+    tat = by_period(rows(sessions, "turnaround", period=Period.MONTH))["2026-03"]
+    assert tat["tat_median_min"] == pytest.approx(50.0, abs=0.05)
+    assert tat["claim_sign_median_min"] == pytest.approx(20.0, abs=0.05)
+    assert tat["sla_met"] == 1

@@ -647,3 +647,37 @@ class RecognitionUse(Base):
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     used_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class StudyFact(Base):
+    """One narrow row per study for the dashboards (issue 6), derived from studies, worklist
+    items, reports, the origin's tree and the first routing decision by
+    :func:`remote_dx.stats.facts.select_facts`; never written by the workflow itself (triggers
+    mark changed studies in ``study_facts_dirty``, migration 0006_study_facts)."""
+
+    __tablename__ = "study_facts"
+
+    study_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    origin_id: Mapped[int] = mapped_column(Integer)
+    county_id: Mapped[int | None] = mapped_column(Integer)
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    pool_id: Mapped[int | None] = mapped_column(Integer)
+    pool_level: Mapped[InstitutionLevel | None] = mapped_column(_enum(InstitutionLevel))
+    report_id: Mapped[int | None] = mapped_column(Integer)
+    is_read: Mapped[bool] = mapped_column(Boolean)
+    result_at: Mapped[datetime | None]
+    signed_at: Mapped[datetime | None] = mapped_column(index=True)
+    signed_by_id: Mapped[int | None] = mapped_column(Integer)
+    positive: Mapped[bool | None] = mapped_column(Boolean)
+    critical: Mapped[bool | None] = mapped_column(Boolean)
+    first_due_at: Mapped[datetime | None]
+    signed_claim_at: Mapped[datetime | None]
+
+
+class StudyFactDirty(Base):
+    """Studies whose fact row is stale (written by triggers, drained by the statistics)."""
+
+    __tablename__ = "study_facts_dirty"
+
+    study_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

@@ -47,14 +47,13 @@ from remote_dx.core.models import (
     InstitutionLevel,
     ReacquireRequest,
     RecognitionUse,
-    Report,
     ReportStatus,
     RoutingDecision,
     RoutingDecisionKind,
-    Study,
+    StudyFact,
     User,
-    WorklistItem,
 )
+from remote_dx.stats import facts
 from remote_dx.stats.sql import Period, percentile_cont, seconds_between, shanghai_bucket
 
 UPPER = (InstitutionLevel.COUNTY, InstitutionLevel.CITY, InstitutionLevel.PROVINCE)
@@ -136,37 +135,34 @@ def local_day_start(day: date) -> datetime:
 
 @dataclass
 class _Base:
-    """Study ⟕ worklist item ⟕ report, with the origin's tree and the reading pool."""
+    """The study fact rows (:mod:`remote_dx.stats.facts`: the study ⟕ worklist item ⟕ report with
+    the origin's county, the reading pool and its level, the first SLA due time), optionally
+    with the tree of another institution standing for the township (``origin_col``)."""
 
-    origin: Any
-    parent: Any
-    grand: Any
-    pool_inst: Any
-    first_due: Any
+    origin_col: Any = None
+    origin: Any = None
+    parent: Any = None
+    grand: Any = None
 
     @classmethod
-    def make(cls) -> _Base:
-        first_due = (
-            select(
-                RoutingDecision.study_pk.label("study_pk"),
-                func.min(RoutingDecision.due_at).label("due_at"),
-            )
-            .where(RoutingDecision.kind == RoutingDecisionKind.INITIAL)
-            .group_by(RoutingDecision.study_pk)
-            .subquery("first_due")
-        )
+    def make(cls, session: Session | None = None, origin_col: Any = None) -> _Base:
+        if session is not None:
+            facts.refresh(session)
+        if origin_col is None:
+            return cls()
         return cls(
+            origin_col=origin_col,
             origin=aliased(Institution, name="origin"),
             parent=aliased(Institution, name="origin_parent"),
             grand=aliased(Institution, name="origin_grand"),
-            pool_inst=aliased(Institution, name="pool_inst"),
-            first_due=first_due,
         )
 
     def township(self) -> ColumnElement[Any]:
-        return self.origin.id
+        return StudyFact.origin_id if self.origin_col is None else self.origin.id
 
     def county(self) -> ColumnElement[Any]:
+        if self.origin_col is None:
+            return StudyFact.county_id
         return case(
             (self.origin.level.in_(UPPER), self.origin.id),
             (self.parent.level.in_(UPPER), self.parent.id),
@@ -175,21 +171,26 @@ class _Base:
 
     @staticmethod
     def pool() -> ColumnElement[Any]:
-        return func.coalesce(Report.pool_id, WorklistItem.pool_id)
+        return StudyFact.pool_id
+
+    @staticmethod
+    def pool_level() -> ColumnElement[Any]:
+        return StudyFact.pool_level
 
     @staticmethod
     def modality() -> ColumnElement[Any]:
         return case(
-            (Study.modalities.like("%ECG%"), literal_column("'ECG'")), else_=Study.modalities
+            (StudyFact.modalities.like("%ECG%"), literal_column("'ECG'")),
+            else_=StudyFact.modalities,
         )
 
     @staticmethod
     def result_at() -> ColumnElement[Any]:
-        return func.coalesce(Report.confirmed_at, Report.signed_at)
+        return StudyFact.result_at
 
     @staticmethod
     def is_read() -> ColumnElement[bool]:
-        return Report.status.in_(READ_STATUSES)
+        return StudyFact.is_read.is_(True)
 
     def dimension(self, by: Dimension) -> ColumnElement[Any]:
         return {
@@ -197,25 +198,20 @@ class _Base:
             Dimension.COUNTY: self.county,
             Dimension.POOL: self.pool,
             Dimension.MODALITY: self.modality,
-            Dimension.READER: lambda: Report.signed_by_id,
+            Dimension.READER: lambda: StudyFact.signed_by_id,
         }[by]()
 
-    def select_from(
-        self, statement: Select[Any], *, origin_col: Any = None, first: Any = None
-    ) -> Select[Any]:
-        """The shared joins; ``first`` = (entity, on) joined before the origin (whose id may be
-        one of its columns, ``origin_col``)."""
-        origin_col = Study.origin_id if origin_col is None else origin_col
-        statement = statement.select_from(Study)
+    def select_from(self, statement: Select[Any], *, first: Any = None) -> Select[Any]:
+        """The fact rows; ``first`` = (entity, on) joined to them before the origin's tree."""
+        statement = statement.select_from(StudyFact)
         if first is not None:
             statement = statement.join(*first)
+        if self.origin_col is None:
+            return statement
         return (
-            statement.join(self.origin, self.origin.id == origin_col)
+            statement.join(self.origin, self.origin.id == self.origin_col)
             .outerjoin(self.parent, self.parent.id == self.origin.parent_id)
             .outerjoin(self.grand, self.grand.id == self.parent.parent_id)
-            .outerjoin(WorklistItem, WorklistItem.study_pk == Study.id)
-            .outerjoin(Report, Report.study_pk == Study.id)
-            .outerjoin(self.pool_inst, self.pool_inst.id == self.pool())
         )
 
     def filters(self, query: StatsQuery, time_col: ColumnElement[Any]) -> list[Any]:
@@ -226,12 +222,13 @@ class _Base:
             where.append(time_col < local_day_start(query.end + timedelta(days=1)))
         if query.modality:
             wanted = query.modality.strip()
+            modalities = StudyFact.modalities
             if wanted.lower() == "ecg":
-                where.append(Study.modalities.like("%ECG%"))
+                where.append(modalities.like("%ECG%"))
             elif wanted.lower() == "imaging":
-                where.append(or_(Study.modalities.is_(None), ~Study.modalities.like("%ECG%")))
+                where.append(or_(modalities.is_(None), ~modalities.like("%ECG%")))
             else:
-                where.append(Study.modalities == wanted.upper())
+                where.append(modalities == wanted.upper())
         if query.county_id is not None:
             where.append(self.county() == query.county_id)
         if query.pool_id is not None:
@@ -258,7 +255,6 @@ def _aggregate(
     sums: dict[str, ColumnElement[Any]],
     percentiles: dict[str, _Percentile],
     joins: Callable[[Select[Any]], Select[Any]] | None = None,
-    origin_col: Any = None,
     first: Any = None,
     extra_where: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
@@ -271,7 +267,7 @@ def _aggregate(
     where = [*base.filters(query, time_col), *extra_where]
 
     def framed(statement: Select[Any]) -> Select[Any]:
-        statement = base.select_from(statement, origin_col=origin_col, first=first)
+        statement = base.select_from(statement, first=first)
         if joins is not None:
             statement = joins(statement)
         return statement.where(*where)
@@ -336,21 +332,21 @@ def _rate(rows: list[dict[str, Any]], name: str, part: str, whole: str) -> None:
 
 
 def volumes(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     read = base.is_read()
     rows = _aggregate(
         session,
         base,
         query,
-        time_col=Study.received_at,
+        time_col=StudyFact.received_at,
         sums={
-            "received": func.count(Study.id),
+            "received": func.count(StudyFact.study_pk),
             "read": _count(read),
-            "read_upper": _count(and_(read, base.pool_inst.level.in_(UPPER))),
-            "read_above_county": _count(and_(read, base.pool_inst.level.in_(ABOVE_COUNTY))),
-            "positive": _count(and_(read, Report.positive.is_(True))),
-            "judged": _count(and_(read, Report.positive.is_not(None))),
-            "critical": _count(and_(read, Report.critical.is_(True))),
+            "read_upper": _count(and_(read, base.pool_level().in_(UPPER))),
+            "read_above_county": _count(and_(read, base.pool_level().in_(ABOVE_COUNTY))),
+            "positive": _count(and_(read, StudyFact.positive.is_(True))),
+            "judged": _count(and_(read, StudyFact.positive.is_not(None))),
+            "critical": _count(and_(read, StudyFact.critical.is_(True))),
         },
         percentiles={},
     )
@@ -375,13 +371,13 @@ def volumes(session: Session, query: StatsQuery) -> Table:
 
 
 def turnaround(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     read = base.is_read()
-    tat = case((read, seconds_between(base.result_at(), Study.received_at)), else_=None)
+    tat = case((read, seconds_between(base.result_at(), StudyFact.received_at)), else_=None)
     claim_sign = case(
         (
-            and_(read, WorklistItem.signed_claim_at.is_not(None)),
-            seconds_between(Report.signed_at, WorklistItem.signed_claim_at),
+            and_(read, StudyFact.signed_claim_at.is_not(None)),
+            seconds_between(StudyFact.signed_at, StudyFact.signed_claim_at),
         ),
         else_=None,
     )
@@ -389,11 +385,11 @@ def turnaround(session: Session, query: StatsQuery) -> Table:
         session,
         base,
         query,
-        time_col=Study.received_at,
+        time_col=StudyFact.received_at,
         sums={
             "read": _count(read),
-            "sla_met": _count(and_(read, base.result_at() <= base.first_due.c.due_at)),
-            "with_sla": _count(and_(read, base.first_due.c.due_at.is_not(None))),
+            "sla_met": _count(and_(read, base.result_at() <= StudyFact.first_due_at)),
+            "with_sla": _count(and_(read, StudyFact.first_due_at.is_not(None))),
         },
         percentiles={
             "tat_median_min": _Percentile(tat, 0.5),
@@ -401,7 +397,6 @@ def turnaround(session: Session, query: StatsQuery) -> Table:
             "claim_sign_median_min": _Percentile(claim_sign, 0.5),
             "claim_sign_p90_min": _Percentile(claim_sign, 0.9),
         },
-        joins=lambda s: s.outerjoin(base.first_due, base.first_due.c.study_pk == Study.id),
     )
     _rate(rows, "sla_rate", "sla_met", "with_sla")
     return Table(
@@ -429,7 +424,7 @@ def turnaround(session: Session, query: StatsQuery) -> Table:
 
 
 def escalations(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     target = aliased(Institution, name="target_pool")
     moved = RoutingDecision.pool_id != func.coalesce(RoutingDecision.from_pool_id, -1)
     consult = RoutingDecision.kind == RoutingDecisionKind.CONSULTATION
@@ -439,22 +434,22 @@ def escalations(session: Session, query: StatsQuery) -> Table:
         session,
         base,
         query,
-        time_col=Study.received_at,
+        time_col=StudyFact.received_at,
         sums={
             "consultations": _count(consult),
             "auto_escalations": _count(auto),
             "overdue_at_top": _count(
                 and_(RoutingDecision.kind == RoutingDecisionKind.ESCALATION, ~moved)
             ),
-            "studies": func.count(func.distinct(case((either, Study.id), else_=None))),
+            "studies": func.count(func.distinct(case((either, StudyFact.study_pk), else_=None))),
             "to_county": _count(and_(either, target.level == InstitutionLevel.COUNTY)),
             "to_city": _count(and_(either, target.level == InstitutionLevel.CITY)),
             "to_province": _count(and_(either, target.level == InstitutionLevel.PROVINCE)),
         },
         percentiles={},
-        joins=lambda s: s.join(RoutingDecision, RoutingDecision.study_pk == Study.id).join(
-            target, target.id == RoutingDecision.pool_id
-        ),
+        joins=lambda s: s.join(
+            RoutingDecision, RoutingDecision.study_pk == StudyFact.study_pk
+        ).join(target, target.id == RoutingDecision.pool_id),
         extra_where=[
             RoutingDecision.kind.in_(
                 (RoutingDecisionKind.CONSULTATION, RoutingDecisionKind.ESCALATION)
@@ -479,13 +474,13 @@ def escalations(session: Session, query: StatsQuery) -> Table:
 
 
 def critical(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     acked = CriticalAlert.acknowledged_at.is_not(None)
     rows = _aggregate(
         session,
         base,
         query,
-        time_col=Study.received_at,
+        time_col=StudyFact.received_at,
         sums={
             "alerts": func.count(CriticalAlert.id),
             "from_analysis": _count(CriticalAlert.source == "ecg-analysis"),
@@ -500,7 +495,7 @@ def critical(session: Session, query: StatsQuery) -> Table:
                 seconds_between(CriticalAlert.acknowledged_at, CriticalAlert.raised_at), 0.9
             ),
         },
-        joins=lambda s: s.join(CriticalAlert, CriticalAlert.study_pk == Study.id),
+        joins=lambda s: s.join(CriticalAlert, CriticalAlert.study_pk == StudyFact.study_pk),
     )
     return Table(
         "critical",
@@ -519,12 +514,12 @@ def critical(session: Session, query: StatsQuery) -> Table:
 
 
 def quality(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     rows = _aggregate(
         session,
         base,
         query,
-        time_col=Study.received_at,
+        time_col=StudyFact.received_at,
         sums={
             "analysed": func.count(ECGAnalysisRecord.id),
             "unsatisfactory": _count(ECGAnalysisRecord.technically_unsatisfactory.is_(True)),
@@ -532,8 +527,8 @@ def quality(session: Session, query: StatsQuery) -> Table:
         },
         percentiles={},
         joins=lambda s: s.outerjoin(
-            ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id
-        ).outerjoin(ReacquireRequest, ReacquireRequest.study_pk == Study.id),
+            ECGAnalysisRecord, ECGAnalysisRecord.study_pk == StudyFact.study_pk
+        ).outerjoin(ReacquireRequest, ReacquireRequest.study_pk == StudyFact.study_pk),
         extra_where=[
             or_(ECGAnalysisRecord.id.is_not(None), ReacquireRequest.id.is_not(None)),
         ],
@@ -554,14 +549,13 @@ def quality(session: Session, query: StatsQuery) -> Table:
 
 
 def recognition(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    # Township = the institution that re-used the result (the exam it did not repeat).
+    base = _Base.make(session, origin_col=RecognitionUse.institution_id)
     rows = _aggregate(
         session,
         base,
         query,
         time_col=RecognitionUse.used_at,
-        # Township = the institution that re-used the result (the exam it did not repeat).
-        origin_col=RecognitionUse.institution_id,
         sums={
             "exams_avoided": func.count(RecognitionUse.id),
             "ecg": _count(RecognitionUse.exam == "ecg"),
@@ -569,7 +563,7 @@ def recognition(session: Session, query: StatsQuery) -> Table:
             "patients_studies": func.count(func.distinct(RecognitionUse.study_pk)),
         },
         percentiles={},
-        first=(RecognitionUse, RecognitionUse.study_pk == Study.id),
+        first=(RecognitionUse, RecognitionUse.study_pk == StudyFact.study_pk),
     )
     return Table(
         "recognition",
@@ -586,14 +580,14 @@ def recognition(session: Session, query: StatsQuery) -> Table:
 
 
 def workload(session: Session, query: StatsQuery) -> Table:
-    base = _Base.make()
+    base = _Base.make(session)
     query = StatsQuery(**{**query.__dict__, "by": query.by or Dimension.READER})
     read = base.is_read()
-    ecg = Study.modalities.like("%ECG%")
+    ecg = StudyFact.modalities.like("%ECG%")
     claim_sign = case(
         (
-            and_(read, WorklistItem.signed_claim_at.is_not(None)),
-            seconds_between(Report.signed_at, WorklistItem.signed_claim_at),
+            and_(read, StudyFact.signed_claim_at.is_not(None)),
+            seconds_between(StudyFact.signed_at, StudyFact.signed_claim_at),
         ),
         else_=None,
     )
@@ -601,13 +595,13 @@ def workload(session: Session, query: StatsQuery) -> Table:
         session,
         base,
         query,
-        time_col=Report.signed_at,
+        time_col=StudyFact.signed_at,
         sums={
-            "signed": func.count(Report.id),
+            "signed": func.count(StudyFact.report_id),
             "ecg": _count(ecg),
             "imaging": _count(~ecg),
-            "positive": _count(Report.positive.is_(True)),
-            "critical": _count(Report.critical.is_(True)),
+            "positive": _count(StudyFact.positive.is_(True)),
+            "critical": _count(StudyFact.critical.is_(True)),
         },
         percentiles={"claim_sign_median_min": _Percentile(claim_sign, 0.5)},
         extra_where=[read],
@@ -682,21 +676,21 @@ def table(session: Session, name: str, query: StatsQuery) -> Table:
 def network(session: Session, query: StatsQuery) -> dict[str, Any]:
     """The referral tree (province → city → county → township) with each institution's studies
     received (as origin) and read (as pool) in the query's range: the dashboard's network map."""
-    base = _Base.make()
+    base = _Base.make(session)
     scoped = StatsQuery(**{**query.__dict__, "period": None, "by": None})
-    where = base.filters(scoped, Study.received_at)
+    where = base.filters(scoped, StudyFact.received_at)
     received = dict(
         session.execute(
-            base.select_from(select(Study.origin_id, func.count(Study.id)))
+            base.select_from(select(StudyFact.origin_id, func.count(StudyFact.study_pk)))
             .where(*where)
-            .group_by(Study.origin_id)
+            .group_by(StudyFact.origin_id)
         ).all()
     )
     read = dict(
         session.execute(
-            base.select_from(select(Report.pool_id, func.count(Report.id)))
+            base.select_from(select(StudyFact.pool_id, func.count(StudyFact.report_id)))
             .where(*where, base.is_read())
-            .group_by(Report.pool_id)
+            .group_by(StudyFact.pool_id)
         ).all()
     )
     nodes: dict[int, dict[str, Any]] = {}
