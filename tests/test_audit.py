@@ -381,3 +381,35 @@ def test_parallel_requests_keep_one_chain(any_backend: Settings) -> None:
         ).all()
         assert len(views) == 40
         assert chain.verify_chain(session) == chain.ChainCheck(True, 41)  # + the login
+
+
+def test_repeated_reads_of_a_study_are_covered_by_one_record(
+    settings: Settings, db: sessionmaker[Session], routed_study: str
+) -> None:
+    # A viewer fetches a study as many requests (metadata, every frame); one record covers them.
+    client = TestClient(create_app(settings))
+    reader = _bearer(client, "county_reader")
+    for _ in range(5):
+        assert client.get(f"/api/v1/studies/{routed_study}", headers=reader).status_code == 200
+    (view,) = _records(db, action="view", object_id=routed_study)
+    assert view.detail["covers_reads_for_seconds"] == settings.audit_coalesce_seconds
+
+    # Another user's reads, and refusals, get their own records.
+    supervisor = _bearer(client, "county_supervisor")
+    client.get(f"/api/v1/studies/{routed_study}", headers=supervisor)
+    province = _bearer(client, "province_reader")
+    for _ in range(2):
+        assert client.get(f"/api/v1/studies/{routed_study}", headers=province).status_code == 404
+    assert len(_records(db, username="county_supervisor", object_id=routed_study)) == 1
+    assert len(_records(db, username="province_reader", object_id=routed_study)) == 2
+
+
+def test_coalescing_can_be_switched_off(
+    settings: Settings, db: sessionmaker[Session], routed_study: str
+) -> None:
+    client = TestClient(create_app(settings.model_copy(update={"audit_coalesce_seconds": 0})))
+    reader = _bearer(client, "county_reader")
+    for _ in range(3):
+        assert client.get(f"/api/v1/studies/{routed_study}", headers=reader).status_code == 200
+    views = _records(db, action="view", object_id=routed_study)
+    assert len(views) == 3 and all("covers_reads_for_seconds" not in v.detail for v in views)

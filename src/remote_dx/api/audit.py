@@ -17,6 +17,11 @@ target). If the audit record cannot be written, a successful answer is replaced 
 data is not disclosed unaudited.
 
 Not audited: liveness/readiness, metrics, API docs and static files (no patient data).
+
+A viewer reads a study as hundreds of requests (metadata, every frame, thumbnails). Successful
+reads of one study by one user from one address within ``audit_coalesce_seconds`` are covered by
+the first one's record, as ATNA's "DICOM Instances Accessed" event covers a study's instances in
+one message; the record says so in its detail. Refusals, writes and searches are always recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 import anyio
@@ -155,6 +162,10 @@ class AuditMiddleware:
         route = scope.get("route")
         if route is None or isinstance(route, Mount):
             return True  # no route matched (plain 404) or a static file: nothing to audit
+        reads = _recent_reads(scope)
+        key = _read_key(scope, status, content_type)
+        if key is not None and reads.covered(key):
+            return True
         try:
             await anyio.to_thread.run_sync(_write_record, scope, status, content_type)
         except Exception:
@@ -162,7 +173,58 @@ class AuditMiddleware:
                 "audit record for %s %s could not be written", scope["method"], scope["path"]
             )
             return False
+        if key is not None:
+            reads.remember(key)
         return True
+
+
+class RecentReads:
+    """Study reads already in the trail, per (user, address, study, action), for a window."""
+
+    def __init__(self, window: float, capacity: int = 10_000) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def covered(self, key: tuple[Any, ...]) -> bool:
+        with self._lock:
+            at = self._seen.get(key)
+            return at is not None and time.monotonic() - at < self.window
+
+    def remember(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._seen[key] = time.monotonic()
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+
+
+def _recent_reads(scope: Scope) -> RecentReads:
+    state = scope["app"].state
+    reads = getattr(state, "audit_recent_reads", None)
+    if reads is None:
+        reads = state.audit_recent_reads = RecentReads(state.settings.audit_coalesce_seconds)
+    return reads
+
+
+def _read_key(scope: Scope, status: int, content_type: str) -> tuple[Any, ...] | None:
+    """The coalescing key of a successful read of one study by a known user, else None."""
+    if status >= 400 or scope["method"] not in ("GET", "HEAD"):
+        return None
+    if scope["app"].state.settings.audit_coalesce_seconds <= 0:
+        return None
+    state: dict[str, Any] = scope.get("state") or {}
+    actor = state.get("audit_user")
+    study_uid = _study_uid(scope.get("path_params") or {})
+    if actor is None or study_uid is None or (state.get("audit") or {}).get("action"):
+        return None  # anonymous, not about one study, or a step a router named (export, …)
+    route_path = getattr(scope["route"], "path", scope["path"])
+    action = _action(scope["method"], route_path, content_type, None)
+    if action not in ("view", "download"):
+        return None
+    client = (scope.get("client") or (None,))[0]
+    return (actor[0], client, study_uid, action)
 
 
 async def _send_unavailable(send: Send) -> None:
@@ -222,6 +284,9 @@ def _write_record(scope: Scope, status: int, content_type: str) -> None:
     if query:
         detail["query"] = query[:1000]
     detail.update(noted.pop("detail", {}))
+    if _read_key(scope, status, content_type) is not None:
+        window = app.state.settings.audit_coalesce_seconds
+        detail["covers_reads_for_seconds"] = window
     event.detail = detail
     actor = state.get("audit_user")
     institution_id = None

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     oidc_username_claim: str = "preferred_username"
     oidc_algorithms: str = Field("RS256", description="Accepted JWS algorithms, comma-separated.")
     oidc_jwks_cache_seconds: float = 300.0
+    audit_coalesce_seconds: float = Field(
+        300.0,
+        description="Repeated successful reads of one study by one user within this window are "
+        "covered by the first audit record (a viewer fetches every frame); 0 records each.",
+    )
 
     # Reading (issue 4).
     lease_minutes: float = Field(
