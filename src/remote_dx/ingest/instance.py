@@ -314,6 +314,10 @@ def file_instance(
             try:
                 duplicate = _index(session, row, pending.result)
                 return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=duplicate)
+            except SeriesOfAnotherStudy:
+                session.rollback()
+                _forget_object(store, key)
+                raise
             except IntegrityError:
                 # Another association created the same patient/study/series row first, or a
                 # cached row id went stale: forget the cached ids and try again.
@@ -366,6 +370,10 @@ def _file_on_sqlite(
                 flush_after = deferred_flush_raw(engine, connection)
                 duplicate = _index_sqlite(engine, connection, cursor, row, ids)
                 break
+            except SeriesOfAnotherStudy:
+                connection.rollback()
+                _forget_object(store, key)
+                raise
             except sqlite3.IntegrityError as exc:
                 connection.rollback()
                 ids.clear()
@@ -402,19 +410,20 @@ def _index_sqlite(
             study_pk = _scalar(cursor.execute(*inserts.study.bind(values)))
             if study_pk is None:  # created by another association since the SELECT
                 study_pk = _scalar(cursor.execute(_SQL_SELECT_STUDY, (row.study_uid,)))
-        series_pk = ids.get(ids.series, row.series_uid)
+        series_pk = ids.get(ids.series, row.series_key)
         if series_pk is None:
             values = {**row.series, "study_pk": study_pk}
             series_pk = _scalar(cursor.execute(*inserts.series.bind(values)))
             if series_pk is None:
-                series_pk = _scalar(cursor.execute(_SQL_SELECT_SERIES, (row.series_uid,)))
+                found = cursor.execute(_SQL_SELECT_SERIES, (row.series_uid,)).fetchone()
+                series_pk = _series_of_study(row, study_pk, *found)
         values = {**row.instance, "series_pk": series_pk, "received_at": now}
         instance_pk = _scalar(cursor.execute(*inserts.instance.bind(values)))
         if instance_pk is not None:
             cursor.execute(_SQL_TOUCH_STUDY, (inserts.bind_time(now), _RECEIVING, study_pk))
         connection.commit()
     ids.put(ids.studies, row.study_uid, study_pk)
-    ids.put(ids.series, row.series_uid, series_pk)
+    ids.put(ids.series, row.series_key, series_pk)
     return instance_pk is None
 
 
@@ -426,7 +435,7 @@ def _scalar(cursor: Any) -> Any:
 
 _SQL_SELECT_INSTANCE = "SELECT id FROM instances WHERE sop_instance_uid = ?"
 _SQL_SELECT_STUDY = "SELECT id FROM studies WHERE study_uid = ?"
-_SQL_SELECT_SERIES = "SELECT id FROM series WHERE series_uid = ?"
+_SQL_SELECT_SERIES = "SELECT id, study_pk FROM series WHERE series_uid = ?"
 # As _TOUCH_STUDY: SQL-side increments, so concurrent associations never lose a count.
 _SQL_TOUCH_STUDY = (
     "UPDATE studies SET num_instances = num_instances + 1, revision = revision + 1, "
@@ -550,6 +559,12 @@ class _InstanceRow:
     series: dict[str, Any]
     instance: dict[str, Any]
 
+    @property
+    def series_key(self) -> str:
+        # Row ids are remembered per (study, series): a cached series id is one already checked
+        # to belong to this study, so the check costs nothing on the common path.
+        return f"{self.study_uid}\\{self.series_uid}"
+
     @classmethod
     def of(cls, ds: Dataset, key: str, size: int, sha256: str, sender: Sender) -> _InstanceRow:
         # One pass over the ~30 elements read: each ``ds.get(keyword)`` costs a keyword lookup,
@@ -619,7 +634,9 @@ _series, _instances = Series.__table__, Instance.__table__
 
 _SELECT_INSTANCE = select(_instances.c.id).where(_instances.c.sop_instance_uid == bindparam("uid"))
 _SELECT_STUDY = select(_studies.c.id).where(_studies.c.study_uid == bindparam("uid"))
-_SELECT_SERIES = select(_series.c.id).where(_series.c.series_uid == bindparam("uid"))
+_SELECT_SERIES = select(_series.c.id, _series.c.study_pk).where(
+    _series.c.series_uid == bindparam("uid")
+)
 _TOUCH_STUDY = (
     update(_studies)
     .where(_studies.c.id == bindparam("pk"))
@@ -739,13 +756,14 @@ def _index(session: Session, row: _InstanceRow, stored: Callable[[], object]) ->
             study_pk = conn.execute(statements.study, values).scalar()
             if study_pk is None:  # created by another association since the SELECT
                 study_pk = conn.execute(_SELECT_STUDY, {"uid": row.study_uid}).scalar_one()
-        series_pk = ids.get(ids.series, row.series_uid)
+        series_pk = ids.get(ids.series, row.series_key)
         if series_pk is None:
             series_pk = conn.execute(
                 statements.series, {**row.series, "study_pk": study_pk}
             ).scalar()
             if series_pk is None:
-                series_pk = conn.execute(_SELECT_SERIES, {"uid": row.series_uid}).scalar_one()
+                found = conn.execute(_SELECT_SERIES, {"uid": row.series_uid}).one()
+                series_pk = _series_of_study(row, study_pk, *found)
         instance_pk = conn.execute(
             statements.instance, {**row.instance, "series_pk": series_pk, "received_at": now}
         ).scalar()
@@ -761,8 +779,34 @@ def _index(session: Session, row: _InstanceRow, stored: Callable[[], object]) ->
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot flush the index: {exc}") from exc
     ids.put(ids.studies, row.study_uid, study_pk)
-    ids.put(ids.series, row.series_uid, series_pk)
+    ids.put(ids.series, row.series_key, series_pk)
     return instance_pk is None
+
+
+def _forget_object(store: ObjectStore, key: str) -> None:
+    """Remove an object written for an instance that was then refused (nothing indexes it)."""
+    try:
+        store.delete(key)
+    except Exception:  # fsck finds what is left; the refusal stands either way
+        log.warning("could not remove the refused object %s", key, exc_info=True)
+
+
+class SeriesOfAnotherStudy(InvalidInstance):
+    """The instance names a series that is already filed under another study."""
+
+
+def _series_of_study(row: _InstanceRow, study_pk: int, series_pk: int, owner_pk: int) -> int:
+    """The existing series' row id, if it belongs to this instance's study.
+
+    A Series Instance UID names one series of one study (PS3.3 C.7.3.1); filing the instance
+    into the other study's series would show it under that study, to that study's readers.
+    """
+    if owner_pk != study_pk:
+        raise SeriesOfAnotherStudy(
+            f"Series Instance UID {row.series_uid} already belongs to another study than "
+            f"{row.study_uid}; a series UID must name one series of one study (PS3.3 C.7.3.1)"
+        )
+    return series_pk
 
 
 def _int(value: object) -> int | None:
