@@ -673,6 +673,16 @@ class StudyFact(Base):
     critical: Mapped[bool | None] = mapped_column(Boolean)
     first_due_at: Mapped[datetime | None]
     signed_claim_at: Mapped[datetime | None]
+    # Precomputed per study so a figure's sort carries a few narrow columns: durations as
+    # numbers (set only for a read study, as the figures count them), SLA outcome, ECG or not.
+    tat_seconds: Mapped[float | None] = mapped_column(Float)  # received → result out
+    claim_sign_seconds: Mapped[float | None] = mapped_column(Float)  # signer's claim → signed
+    sla_met: Mapped[bool] = mapped_column(Boolean)  # read by the first routing's due time
+    with_sla: Mapped[bool] = mapped_column(Boolean)  # read, and a first due time exists
+    is_ecg: Mapped[bool | None] = mapped_column(Boolean)  # NULL when modalities are unknown
+    analysed: Mapped[bool] = mapped_column(Boolean)  # an ECG analysis row exists
+    unsatisfactory: Mapped[bool] = mapped_column(Boolean)  # technically unsatisfactory
+    sent_back: Mapped[bool] = mapped_column(Boolean)  # a re-acquire notice exists
 
 
 class StudyFactDirty(Base):

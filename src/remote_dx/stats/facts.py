@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, case, delete, false, func, insert, select, text, true
+from sqlalchemy import Select, and_, case, delete, false, func, insert, select, text, true
 from sqlalchemy.orm import Session, aliased
 
 from remote_dx.core.models import (
+    ECGAnalysisRecord,
     Institution,
     InstitutionLevel,
+    ReacquireRequest,
     Report,
     ReportStatus,
     RoutingDecision,
@@ -35,6 +37,7 @@ from remote_dx.core.models import (
     StudyFactDirty,
     WorklistItem,
 )
+from remote_dx.stats.sql import seconds_between
 
 UPPER = (InstitutionLevel.COUNTY, InstitutionLevel.CITY, InstitutionLevel.PROVINCE)
 READ_STATUSES = (ReportStatus.FINAL, ReportStatus.AMENDED)
@@ -56,6 +59,14 @@ FACT_COLUMNS = (
     "critical",
     "first_due_at",
     "signed_claim_at",
+    "tat_seconds",
+    "claim_sign_seconds",
+    "sla_met",
+    "with_sla",
+    "is_ecg",
+    "analysed",
+    "unsatisfactory",
+    "sent_back",
 )
 
 
@@ -74,6 +85,7 @@ def select_facts(study_pks: Any = None) -> Select[Any]:
     first_due = due.group_by(RoutingDecision.study_pk).subquery("first_due")
     pool = func.coalesce(Report.pool_id, WorklistItem.pool_id)
     is_read = Report.status.in_(READ_STATUSES)
+    result_at = func.coalesce(Report.confirmed_at, Report.signed_at)
     statement = (
         select(
             Study.id,
@@ -90,13 +102,27 @@ def select_facts(study_pks: Any = None) -> Select[Any]:
             Report.id,
             # A study without a report is "not read" (False), as the old outer join counted it.
             case((is_read, true()), else_=false()),
-            func.coalesce(Report.confirmed_at, Report.signed_at),
+            result_at,
             Report.signed_at,
             Report.signed_by_id,
             Report.positive,
             Report.critical,
             first_due.c.due_at,
             WorklistItem.signed_claim_at,
+            case((is_read, seconds_between(result_at, Study.received_at)), else_=None),
+            case(
+                (
+                    and_(is_read, WorklistItem.signed_claim_at.is_not(None)),
+                    seconds_between(Report.signed_at, WorklistItem.signed_claim_at),
+                ),
+                else_=None,
+            ),
+            case((and_(is_read, result_at <= first_due.c.due_at), true()), else_=false()),
+            case((and_(is_read, first_due.c.due_at.is_not(None)), true()), else_=false()),
+            Study.modalities.like("%ECG%"),
+            ECGAnalysisRecord.id.is_not(None),
+            func.coalesce(ECGAnalysisRecord.technically_unsatisfactory, false()),
+            ReacquireRequest.id.is_not(None),
         )
         .select_from(Study)
         .join(origin, origin.id == Study.origin_id)
@@ -106,6 +132,8 @@ def select_facts(study_pks: Any = None) -> Select[Any]:
         .outerjoin(Report, Report.study_pk == Study.id)
         .outerjoin(pool_inst, pool_inst.id == pool)
         .outerjoin(first_due, first_due.c.study_pk == Study.id)
+        .outerjoin(ECGAnalysisRecord, ECGAnalysisRecord.study_pk == Study.id)
+        .outerjoin(ReacquireRequest, ReacquireRequest.study_pk == Study.id)
     )
     if study_pks is not None:
         statement = statement.where(Study.id.in_(study_pks))

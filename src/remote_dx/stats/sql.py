@@ -63,17 +63,34 @@ def _bucket_sqlite(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
     return f"strftime('%Y', {local})"
 
 
-@compiles(shanghai_bucket, "postgresql")
-def _bucket_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
+def _trunc_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
     column = compiler.process(next(iter(element.clauses)), **kw)
     local = f"({column} AT TIME ZONE '{LOCAL_TZ}')"
+    return f"date_trunc('{element.period.value}', {local})"
+
+
+@compiles(shanghai_bucket, "postgresql")
+def _bucket_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
     fmt = {
         Period.DAY: "YYYY-MM-DD",
         Period.WEEK: "YYYY-MM-DD",
         Period.MONTH: "YYYY-MM",
         Period.YEAR: "YYYY",
     }[element.period]
-    return f"to_char(date_trunc('{element.period.value}', {local}), '{fmt}')"
+    return f"to_char({_trunc_postgresql(element, compiler, **kw)}, '{fmt}')"
+
+
+class shanghai_period_start(shanghai_bucket):
+    """What to GROUP BY for :class:`shanghai_bucket`: on PostgreSQL the bucket's local start
+    (a timestamp; the text label is a function of it, so the two group alike and PostgreSQL
+    accepts the label in the select list), on SQLite the label itself."""
+
+    inherit_cache = True
+
+
+@compiles(shanghai_period_start, "postgresql")
+def _period_start_postgresql(element: shanghai_period_start, compiler: Any, **kw: Any) -> str:
+    return _trunc_postgresql(element, compiler, **kw)
 
 
 class seconds_between(FunctionElement[float]):

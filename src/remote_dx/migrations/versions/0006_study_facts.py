@@ -34,6 +34,8 @@ WATCHED = {
         "positive", "critical",
     ),
     "routing_decisions": ("study_pk", "kind", "due_at"),
+    "ecg_analyses": ("study_pk", "technically_unsatisfactory"),
+    "reacquire_requests": ("study_pk",),
 }  # fmt: skip
 
 MARK_FUNCTION = """
@@ -104,6 +106,14 @@ def upgrade() -> None:
         sa.Column("critical", sa.Boolean(), nullable=True),
         sa.Column("first_due_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("signed_claim_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("tat_seconds", sa.Float(), nullable=True),
+        sa.Column("claim_sign_seconds", sa.Float(), nullable=True),
+        sa.Column("sla_met", sa.Boolean(), nullable=False),
+        sa.Column("with_sla", sa.Boolean(), nullable=False),
+        sa.Column("is_ecg", sa.Boolean(), nullable=True),
+        sa.Column("analysed", sa.Boolean(), nullable=False),
+        sa.Column("unsatisfactory", sa.Boolean(), nullable=False),
+        sa.Column("sent_back", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("study_pk"),
     )
     op.create_index("ix_study_facts_received_at", "study_facts", ["received_at"])
