@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, literal_column, or_, select, text
+from sqlalchemy import Float, Select, and_, case, func, literal, literal_column, or_, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -54,6 +55,7 @@ from remote_dx.core.models import (
 from remote_dx.stats import facts
 from remote_dx.stats.sql import (
     Period,
+    local_period_label,
     percentile_cont,
     seconds_between,
     shanghai_bucket,
@@ -287,31 +289,34 @@ def _aggregate(
         return statement.where(*where)
 
     postgres = session.get_bind().dialect.name == "postgresql"
-    columns = [*key_cols, *(expr.label(name) for name, expr in sums.items())]
-    if postgres:
-        columns += [
-            func.percentile_cont(p.fraction).within_group(p.value).label(name)
-            for name, p in percentiles.items()
-        ]
-    statement = framed(select(*columns))
-    if keys:
-        statement = statement.group_by(*groups)
+    # Percentile inputs, one per distinct value expression (its fractions computed together).
+    by_value: dict[int, list[tuple[str, _Percentile]]] = defaultdict(list)
+    exprs: dict[int, ColumnElement[Any]] = {}
+    for name, p in percentiles.items():
+        by_value[id(p.value)].append((name, p))
+        exprs[id(p.value)] = p.value
+    if postgres and percentiles:
+        statement = _grouped_percentiles(framed, keys, groups, sums, by_value, exprs, query)
+    else:
+        statement = framed(select(*key_cols, *(expr.label(name) for name, expr in sums.items())))
+        if keys:
+            statement = statement.group_by(*groups)
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in session.execute(statement).mappings():
         group = tuple(row[name] for name, _ in keys)
         values = {name: row[name] for name, _ in keys}
         values.update({name: int(row[name] or 0) for name in sums})
-        for name, p in percentiles.items():
-            raw = row[name] if postgres else None
-            values[name] = None if raw is None else round(float(raw) * p.scale, 2)
+        for name in percentiles:
+            values[name] = None
+        if postgres:
+            for ordinal, wanted in enumerate(by_value.values()):
+                figures = row[f"pct{ordinal}"]
+                for index, (name, p) in enumerate(wanted):
+                    raw = None if figures is None else figures[index]
+                    values[name] = None if raw is None else round(float(raw) * p.scale, 2)
         rows[group] = values
     if not postgres and percentiles:
         # SQLite: one ordered fetch per distinct value expression, the fractions in Python.
-        by_value: dict[int, list[tuple[str, _Percentile]]] = defaultdict(list)
-        exprs: dict[int, ColumnElement[Any]] = {}
-        for name, p in percentiles.items():
-            by_value[id(p.value)].append((name, p))
-            exprs[id(p.value)] = p.value
         for ident, wanted in by_value.items():
             value = exprs[ident]
             fetch = framed(select(*key_cols, value.label("v"))).where(value.is_not(None))
@@ -331,6 +336,44 @@ def _aggregate(
         rows.values(),
         key=lambda r: tuple((r.get(n) is None, r.get(n) or 0) for n, _ in keys),
     )
+
+
+def _grouped_percentiles(
+    framed: Callable[[Select[Any]], Select[Any]],
+    keys: list[tuple[str, ColumnElement[Any]]],
+    groups: list[ColumnElement[Any]],
+    sums: dict[str, ColumnElement[Any]],
+    by_value: dict[int, list[tuple[str, _Percentile]]],
+    exprs: dict[int, ColumnElement[Any]],
+    query: StatsQuery,
+) -> Select[Any]:
+    """PostgreSQL: the groups by hashing, each group's values gathered with ``array_agg``, then
+    ``percentile_cont`` over each group's array. The same figures as ``percentile_cont`` in the
+    grouped query itself (NULLs ignored alike), without the sort of every row by the group
+    keys that an ordered-set aggregate forces on the grouping (it cannot be hashed)."""
+    inner_cols = [group.label(f"g{index}") for index, group in enumerate(groups)]
+    inner_cols += [expr.label(name) for name, expr in sums.items()]
+    # Named by ordinal, not by id(): the SQL text must repeat for the statement cache.
+    ordinal = {ident: index for index, ident in enumerate(by_value)}
+    inner_cols += [func.array_agg(exprs[ident]).label(f"a{ordinal[ident]}") for ident in by_value]
+    statement = framed(select(*inner_cols))
+    if groups:
+        statement = statement.group_by(*groups)
+    grouped = statement.subquery("grouped")
+    outer: list[Any] = []
+    for index, (name, _) in enumerate(keys):
+        column = grouped.c[f"g{index}"]
+        if name == "period" and query.period is not None:
+            outer.append(local_period_label(column, query.period).label(name))
+        else:
+            outer.append(column.label(name))
+    outer += [grouped.c[name] for name in sums]
+    for ident, wanted in by_value.items():
+        value = func.unnest(grouped.c[f"a{ordinal[ident]}"]).column_valued("v")
+        fractions = postgresql.array([literal(p.fraction, Float) for _, p in wanted])
+        figure = select(func.percentile_cont(fractions).within_group(value)).scalar_subquery()
+        outer.append(figure.label(f"pct{ordinal[ident]}"))
+    return select(*outer).select_from(grouped)
 
 
 def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:

@@ -63,6 +63,14 @@ def _bucket_sqlite(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
     return f"strftime('%Y', {local})"
 
 
+_FORMATS = {
+    Period.DAY: "YYYY-MM-DD",
+    Period.WEEK: "YYYY-MM-DD",
+    Period.MONTH: "YYYY-MM",
+    Period.YEAR: "YYYY",
+}
+
+
 def _trunc_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
     column = compiler.process(next(iter(element.clauses)), **kw)
     local = f"({column} AT TIME ZONE '{LOCAL_TZ}')"
@@ -71,13 +79,7 @@ def _trunc_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str
 
 @compiles(shanghai_bucket, "postgresql")
 def _bucket_postgresql(element: shanghai_bucket, compiler: Any, **kw: Any) -> str:
-    fmt = {
-        Period.DAY: "YYYY-MM-DD",
-        Period.WEEK: "YYYY-MM-DD",
-        Period.MONTH: "YYYY-MM",
-        Period.YEAR: "YYYY",
-    }[element.period]
-    return f"to_char({_trunc_postgresql(element, compiler, **kw)}, '{fmt}')"
+    return f"to_char({_trunc_postgresql(element, compiler, **kw)}, '{_FORMATS[element.period]}')"
 
 
 class shanghai_period_start(shanghai_bucket):
@@ -86,6 +88,27 @@ class shanghai_period_start(shanghai_bucket):
     accepts the label in the select list), on SQLite the label itself."""
 
     inherit_cache = True
+
+
+class local_period_label(FunctionElement[str]):
+    """PostgreSQL: the :class:`shanghai_bucket` label of a bucket start already computed by
+    :class:`shanghai_period_start` (grouped in a subquery)."""
+
+    type = String()
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any], period: Period) -> None:
+        super().__init__(column, literal_column(f"'{Period(period).value}'"))
+
+    @property
+    def period(self) -> Period:
+        return Period(str(list(self.clauses)[1].name).strip("'"))  # type: ignore[attr-defined]
+
+
+@compiles(local_period_label, "postgresql")
+def _label_postgresql(element: local_period_label, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(next(iter(element.clauses)), **kw)
+    return f"to_char({column}, '{_FORMATS[element.period]}')"
 
 
 @compiles(shanghai_period_start, "postgresql")
