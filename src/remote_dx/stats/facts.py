@@ -41,6 +41,7 @@ from remote_dx.stats.sql import seconds_between
 
 UPPER = (InstitutionLevel.COUNTY, InstitutionLevel.CITY, InstitutionLevel.PROVINCE)
 READ_STATUSES = (ReportStatus.FINAL, ReportStatus.AMENDED)
+REFRESH_LOCK = 0x5DF_0006  # pg_advisory_xact_lock key of the facts refresh
 
 FACT_COLUMNS = (
     "study_pk",
@@ -161,6 +162,9 @@ def refresh(session: Session) -> int:
         count = rebuild(session)
         session.commit()
         return count
+    # Refreshes take their turn (a transaction-scoped advisory lock), so two requests never
+    # take overlapping marks in different orders and deadlock.
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REFRESH_LOCK})
     pks = list(session.scalars(text("DELETE FROM study_facts_dirty RETURNING study_pk")).all())
     if not pks:
         session.commit()
