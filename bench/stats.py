@@ -7,15 +7,17 @@ county's yearly volume (1.0 ≈ 22,300 studies per county-year; 10 counties × 1
 The full-workflow simulation costs ~0.25 s per study on this machine (ECG analysis dominates),
 so the scale actually used is printed with the figures.
 
-    .venv/bin/python bench/stats.py --counties 10 --days 365 --scale 0.005 --repeat 20
+    .venv/bin/python bench/stats.py --counties 10 --days 365 --scale 0.001 --amplify 904
     .venv/bin/python bench/stats.py --keep rdx_bench_stats --skip-simulate   # re-measure only
-    .venv/bin/python bench/stats.py --amplify 40   # + 39 SQL copies of the simulated rows
 
 ``--amplify N`` is for query plans at the issue's volume when simulating it is out of reach: after
 the simulation the study-level rows (studies, worklist items, reports, routing decisions,
 critical alerts, ECG analyses, re-acquire notices, recognition uses) are copied N − 1 times by
-``INSERT … SELECT`` with shifted keys and new UIDs — the same distribution of times,
-townships, pools and outcomes, N times over. The output says how many rows are copies.
+``INSERT … SELECT … CROSS JOIN generate_series`` with shifted keys and new UIDs — the same
+distribution of times, townships, pools and outcomes, N times over. The output says how many
+rows are copies. A database already holding copies is not amplified again. The statistics' fact
+rows (:mod:`remote_dx.stats.facts`) for the new or copied studies are built once before the
+timed runs, and that build is timed apart.
 """
 
 from __future__ import annotations
