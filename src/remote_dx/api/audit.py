@@ -312,7 +312,8 @@ def _write_record(scope: Scope, status: int, content_type: str) -> None:
             ).first()
             if row is not None:
                 event.patient = patient_key(row[0], row[1])
-    chain.append(sessions, event)
+        # The same connection writes the record: one checkout and one transaction per request.
+        chain.append(sessions, event, session=session)
 
 
 def patient_key(patient_id: str, issuer: str | None) -> str:

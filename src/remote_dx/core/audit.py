@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -129,58 +130,74 @@ def _ensure_head(session: Session) -> None:
             pass  # another writer made it first
 
 
-def append(sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
-    """Write ``event`` as the next record of the chain, in a transaction of its own."""
+def append(
+    sessions: sessionmaker[Session], event: AuditEvent, *, session: Session | None = None
+) -> AuditRecord:
+    """Write ``event`` as the next record of the chain, in a transaction of its own.
+
+    ``session`` (one of ``sessions``, with nothing to commit): the record is written on it,
+    so a caller that looked something up for the event first (the middleware's institution and
+    patient) spends one connection and transaction per record, not two. Its transaction ends
+    with the record's commit.
+    """
     # JSON round trip: the detail hashed is exactly the detail read back later.
     detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
     engine = sessions.kw["bind"]
     with write_lock(engine):
         for attempt in range(2):
-            with sessions() as session:
-                # The UPDATE comes first: it takes the write lock (SQLite) or the row lock
-                # (PostgreSQL) before anything of the chain is read.
-                row = session.execute(
-                    update(AuditChainHead)
-                    .where(AuditChainHead.id == HEAD_ID)
-                    .values(last_seq=AuditChainHead.last_seq + 1)
-                    .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
-                ).first()
-                if row is None:
-                    if attempt:
-                        raise RuntimeError("the audit chain head cannot be created")
-                    _ensure_head(session)
-                    session.commit()
-                    continue
-                seq, prev_hash = int(row[0]), str(row[1])
-                record = AuditRecord(
-                    seq=seq,
-                    recorded_at=utcnow(),
-                    action=event.action[:32],
-                    outcome=event.outcome,
-                    user_id=event.user_id,
-                    username=_clip(event.username, 200),
-                    role=event.role,
-                    institution=_clip(event.institution, 64),
-                    patient=_clip(event.patient, 140),
-                    object_type=_clip(event.object_type, 32),
-                    object_id=_clip(event.object_id, 200),
-                    client_address=_clip(event.client_address, 64),
-                    method=event.method,
-                    path=_clip(event.path, 500),
-                    status_code=event.status_code,
-                    detail=detail,
-                    prev_hash=prev_hash,
-                )
-                record.hash = record_hash(_fields(record), prev_hash)
-                session.add(record)
-                session.execute(
-                    update(AuditChainHead)
-                    .where(AuditChainHead.id == HEAD_ID)
-                    .values(last_hash=record.hash)
-                )
-                session.commit()
-                return record
+            with nullcontext(session) if session is not None else sessions() as current:
+                record = _append_on(current, event, detail)
+                if record is not None:
+                    return record
+                if attempt:
+                    raise RuntimeError("the audit chain head cannot be created")
+                _ensure_head(current)
+                current.commit()
     raise AssertionError("unreachable")
+
+
+def _append_on(session: Session, event: AuditEvent, detail: dict[str, Any]) -> AuditRecord | None:
+    """The record linked after the head and committed; None when there is no head row yet.
+
+    The head's row lock is held from the first UPDATE to the commit, so everything that does
+    not need the predecessor (the record's fields, the JSON) is prepared before it and the
+    locked span is three statements: UPDATE … RETURNING, INSERT, UPDATE + COMMIT.
+    """
+    fields: dict[str, Any] = {
+        "action": event.action[:32],
+        "outcome": event.outcome,
+        "user_id": event.user_id,
+        "username": _clip(event.username, 200),
+        "role": event.role,
+        "institution": _clip(event.institution, 64),
+        "patient": _clip(event.patient, 140),
+        "object_type": _clip(event.object_type, 32),
+        "object_id": _clip(event.object_id, 200),
+        "client_address": _clip(event.client_address, 64),
+        "method": event.method,
+        "path": _clip(event.path, 500),
+        "status_code": event.status_code,
+        "detail": detail,
+    }
+    # The UPDATE comes first: it takes the write lock (SQLite) or the row lock (PostgreSQL)
+    # before anything of the chain is read.
+    row = session.execute(
+        update(AuditChainHead)
+        .where(AuditChainHead.id == HEAD_ID)
+        .values(last_seq=AuditChainHead.last_seq + 1)
+        .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+    ).first()
+    if row is None:
+        return None
+    seq, prev_hash = int(row[0]), str(row[1])
+    record = AuditRecord(seq=seq, recorded_at=utcnow(), prev_hash=prev_hash, **fields)
+    record.hash = record_hash(_fields(record), prev_hash)
+    session.add(record)
+    session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(last_hash=record.hash)
+    )
+    session.commit()
+    return record
 
 
 @dataclass(frozen=True)

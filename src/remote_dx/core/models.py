@@ -691,3 +691,17 @@ class StudyFactDirty(Base):
     __tablename__ = "study_facts_dirty"
 
     study_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+
+
+# --- Worklist pages (issue 7) ---------------------------------------------------------------------
+
+# A pool's page in the default order (priority, then due time) or by due time, read off an index
+# (remote_dx.worklist.service._page_keys), migration 0007_worklist_indexes.
+Index(
+    "ix_worklist_items_pool_priority_due",
+    WorklistItem.pool_id,
+    WorklistItem.priority,
+    WorklistItem.due_at,
+    WorklistItem.id,
+)
+Index("ix_worklist_items_pool_due", WorklistItem.pool_id, WorklistItem.due_at, WorklistItem.id)

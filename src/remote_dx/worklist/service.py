@@ -20,12 +20,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, exists, false, func, or_, select, true
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    case,
+    exists,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.orm import Session, aliased
 
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     ECGAnalysisRecord,
+    Instance,
     Institution,
     Patient,
     Priority,
@@ -196,6 +209,72 @@ def _sort_keys(sort: str) -> list[tuple[str, ColumnElement[Any], bool]]:
     return [*keys, ("item_id", WorklistItem.id, sort == "-received_at")]
 
 
+def _page_keys(
+    user: User,
+    query: WorklistQuery,
+    keys: list[tuple[str, ColumnElement[Any], bool]],
+    *,
+    limit: int,
+    offset: int,
+    now: datetime,
+) -> Any:
+    """The page's sort keys and item ids, as a subquery named ``page``.
+
+    The default order (priority rank, due time, id) cannot be read off an index: the rank is a
+    CASE over ``priority``, so the database would sort every visible item for each page (90,000
+    in a county pool: most of a page's time). Instead each priority is one branch ordered by
+    (due_at, id) — ``ix_worklist_items_pool_priority_due`` hands it over in that order — limited
+    to ``offset + limit`` rows, and only those few are merged and sorted: the same rows in the
+    same order, since the first ``offset + limit`` of the whole list are among the first
+    ``offset + limit`` of their priority.
+    """
+    ordering = [expr.desc() if desc else expr for _, expr, desc in keys]
+    if query.sort != "priority,due_at":
+        return (
+            _filtered(
+                select(*[expr.label(label) for label, expr, _ in keys]).select_from(WorklistItem),
+                user,
+                query,
+                now=now,
+            )
+            .order_by(*ordering)
+            .limit(limit)
+            .offset(offset)
+            .subquery("page")
+        )
+    wanted = [p for p in Priority if not query.priorities or p in query.priorities]
+    branches = []
+    for rank, priority in enumerate(Priority):
+        if priority not in wanted:
+            continue
+        branch = (
+            _filtered(
+                select(
+                    literal_column(str(rank)).label("rank"),
+                    WorklistItem.due_at.label("due_at"),
+                    WorklistItem.id.label("item_id"),
+                ).select_from(WorklistItem),
+                user,
+                query,
+                now=now,
+            )
+            .where(WorklistItem.priority == priority)
+            .order_by(WorklistItem.due_at, WorklistItem.id)
+            .limit(offset + limit)
+            .subquery(f"p{rank}")
+        )
+        # SQLite admits no ORDER BY/LIMIT on a compound's members: each is a subquery.
+        branches.append(select(branch.c.rank, branch.c.due_at, branch.c.item_id))
+    merged = union_all(*branches).subquery("ranked")
+    return (
+        select(merged.c.rank, merged.c.due_at, merged.c.item_id)
+        .order_by(merged.c.rank, merged.c.due_at, merged.c.item_id)
+        .limit(limit)
+        .offset(offset)
+        .subquery("page")
+    )
+
+
 def list_worklist(session: Session, user: User, query: WorklistQuery) -> WorklistPage:
     """The worklist page ``user`` may see, in the order ``query.sort`` asks (default: STAT
     first, then by due time).
@@ -210,18 +289,7 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
     limit = max(1, min(query.limit, MAX_PAGE))
     offset = max(0, query.offset)
     keys = _sort_keys(query.sort)
-    page = (
-        _filtered(
-            select(*[expr.label(label) for label, expr, _ in keys]).select_from(WorklistItem),
-            user,
-            query,
-            now=now,
-        )
-        .order_by(*[expr.desc() if desc else expr for _, expr, desc in keys])
-        .limit(limit)
-        .offset(offset)
-        .subquery("page")
-    )
+    page = _page_keys(user, query, keys, limit=limit, offset=offset, now=now)
     rows = session.execute(
         select(
             Study.study_uid,
@@ -322,12 +390,32 @@ def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | Non
     if row is None:
         return None
     study, patient, origin_name, item, pool_name, ecg = row
-    series = session.scalars(
-        select(Series)
+    # Series and instances in one statement of plain columns (no ORM objects, no second query
+    # for the instances): a viewer opens studies one after another.
+    rows = session.execute(
+        select(
+            Series.id.label("series_pk"),
+            Series.series_uid,
+            Series.modality,
+            Series.series_number,
+            Series.description,
+            Series.body_part,
+            Instance.id.label("instance_pk"),
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Instance.transfer_syntax_uid,
+            Instance.instance_number,
+            Instance.size_bytes,
+        )
+        .outerjoin(Instance, Instance.series_pk == Series.id)
         .where(Series.study_pk == study.id)
         .order_by(Series.series_number.is_(None), Series.series_number, Series.id)
-        .options(selectinload(Series.instances))
     ).all()
+    grouped: dict[int, tuple[Any, list[Any]]] = {}
+    for row in rows:
+        entry = grouped.setdefault(row.series_pk, (row, []))
+        if row.instance_pk is not None:
+            entry[1].append(row)
     return StudyDetail(
         study_uid=study.study_uid,
         accession_number=study.accession_number,
@@ -347,20 +435,30 @@ def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | Non
         patient=PatientView.model_validate(patient),
         series=[
             SeriesView(
-                series_uid=s.series_uid,
-                modality=s.modality,
-                series_number=s.series_number,
-                description=s.description,
-                body_part=s.body_part,
+                series_uid=first.series_uid,
+                modality=first.modality,
+                series_number=first.series_number,
+                description=first.description,
+                body_part=first.body_part,
                 instances=[
-                    InstanceView.model_validate(i)
+                    InstanceView(
+                        sop_instance_uid=i.sop_instance_uid,
+                        sop_class_uid=i.sop_class_uid,
+                        transfer_syntax_uid=i.transfer_syntax_uid,
+                        instance_number=i.instance_number,
+                        size_bytes=i.size_bytes,
+                    )
                     for i in sorted(
-                        s.instances,
-                        key=lambda i: (i.instance_number is None, i.instance_number or 0, i.id),
+                        instances,
+                        key=lambda i: (
+                            i.instance_number is None,
+                            i.instance_number or 0,
+                            i.instance_pk,
+                        ),
                     )
                 ],
             )
-            for s in series
+            for first, instances in grouped.values()
         ],
         worklist_item=None
         if item is None
