@@ -257,8 +257,9 @@ def audit_sessions(url: str) -> sessionmaker[Session]:
                 engine = core_db.make_engine(url)
             else:
                 # Writes are short and serialised by the chain head anyway: a small pool keeps
-                # the audit engine from doubling each process's server connections.
-                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=6)
+                # the audit engine from doubling each process's server connections, and more
+                # connections would only queue on the head's row lock while holding a backend.
+                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
             core_db._engines[key] = engine
     return sessionmaker(engine, expire_on_commit=False)
 

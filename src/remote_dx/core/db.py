@@ -46,7 +46,12 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    # A server's connections are shared by every process of the hub (API processes, workers,
+    # receivers): 10 + 10 per process lets ~4 API processes and the audit engines fit under
+    # PostgreSQL's default max_connections=100. More would not read faster: a request holds its
+    # connection for a few queries, and requests beyond the pool wait for one (pool_timeout 30 s)
+    # instead of adding server backends that compete for the same CPUs.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
