@@ -313,8 +313,8 @@ def _write_record(scope: Scope, status: int, content_type: str) -> None:
             ).first()
             if row is not None:
                 event.patient = patient_key(row[0], row[1])
-        # The same connection writes the record: one checkout and one transaction per request.
-        chain.append(sessions, event, session=session)
+    # Concurrent requests' records share one transaction (one head lock, one commit flush).
+    chain.append(sessions, event)
 
 
 def patient_key(patient_id: str, issuer: str | None) -> str:

@@ -20,8 +20,8 @@ import csv
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -130,40 +130,23 @@ def _ensure_head(session: Session) -> None:
             pass  # another writer made it first
 
 
-def append(
-    sessions: sessionmaker[Session], event: AuditEvent, *, session: Session | None = None
-) -> AuditRecord:
-    """Write ``event`` as the next record of the chain, in a transaction of its own.
+def append(sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
+    """Write ``event`` as the next record of the chain and return it once committed.
 
-    ``session`` (one of ``sessions``, with nothing to commit): the record is written on it,
-    so a caller that looked something up for the event first (the middleware's institution and
-    patient) spends one connection and transaction per record, not two. Its transaction ends
-    with the record's commit.
+    The appends waiting at the same moment in this process share one transaction (see
+    :class:`_GroupAppender`): the chain is the same as with one transaction each.
     """
-    # JSON round trip: the detail hashed is exactly the detail read back later.
-    detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
-    engine = sessions.kw["bind"]
-    with write_lock(engine):
-        for attempt in range(2):
-            with nullcontext(session) if session is not None else sessions() as current:
-                record = _append_on(current, event, detail)
-                if record is not None:
-                    return record
-                if attempt:
-                    raise RuntimeError("the audit chain head cannot be created")
-                _ensure_head(current)
-                current.commit()
-    raise AssertionError("unreachable")
+    key = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    with _appenders_guard:
+        appender = _appenders.get(key)
+        if appender is None:
+            appender = _appenders[key] = _GroupAppender()
+    return appender.append(sessions, event)
 
 
-def _append_on(session: Session, event: AuditEvent, detail: dict[str, Any]) -> AuditRecord | None:
-    """The record linked after the head and committed; None when there is no head row yet.
-
-    The head's row lock is held from the first UPDATE to the commit, so everything that does
-    not need the predecessor (the record's fields, the JSON) is prepared before it and the
-    locked span is three statements: UPDATE … RETURNING, INSERT, UPDATE + COMMIT.
-    """
-    fields: dict[str, Any] = {
+def _row(event: AuditEvent, detail: dict[str, Any]) -> dict[str, Any]:
+    """The record's columns from ``event``, clipped to their lengths."""
+    return {
         "action": event.action[:32],
         "outcome": event.outcome,
         "user_id": event.user_id,
@@ -179,25 +162,113 @@ def _append_on(session: Session, event: AuditEvent, detail: dict[str, Any]) -> A
         "status_code": event.status_code,
         "detail": detail,
     }
-    # The UPDATE comes first: it takes the write lock (SQLite) or the row lock (PostgreSQL)
-    # before anything of the chain is read.
-    row = session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .values(last_seq=AuditChainHead.last_seq + 1)
-        .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
-    ).first()
-    if row is None:
-        return None
-    seq, prev_hash = int(row[0]), str(row[1])
-    record = AuditRecord(seq=seq, recorded_at=utcnow(), prev_hash=prev_hash, **fields)
-    record.hash = record_hash(_fields(record), prev_hash)
-    session.add(record)
-    session.execute(
-        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(last_hash=record.hash)
-    )
-    session.commit()
-    return record
+
+
+class _GroupAppender:
+    """Concurrent appends of one process share a transaction: one head lock, one commit.
+
+    Each audited request waits for its record to be committed (the answer is not sent
+    before), and on PostgreSQL the head's row lock is held until the commit's WAL flush; so
+    under load writers queued one flush each behind the lock. Here the first writer leads: it
+    writes every record waiting at that moment, in arrival order, as consecutive links, and
+    commits once; the others wait for that commit and get their own record or the error.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[AuditEvent, dict[str, Any], _Waiter]] = []
+        self._leading = False
+
+    def append(self, sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
+        detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
+        waiter = _Waiter()
+        with self._lock:
+            self._pending.append((event, detail, waiter))
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if lead:
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._leading = False
+                        break
+                try:
+                    records = _append_batch(sessions, [(e, d) for e, d, _ in batch])
+                except BaseException as exc:
+                    for _, _, other in batch:
+                        other.fail(exc)
+                else:
+                    for (_, _, other), record in zip(batch, records, strict=True):
+                        other.done(record)
+        return waiter.wait()
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._record: AuditRecord | None = None
+        self._error: BaseException | None = None
+
+    def done(self, record: AuditRecord) -> None:
+        self._record = record
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def wait(self) -> AuditRecord:
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._record is not None
+        return self._record
+
+
+_appenders: dict[str, _GroupAppender] = {}
+_appenders_guard = threading.Lock()
+
+
+def _append_batch(
+    sessions: sessionmaker[Session], batch: list[tuple[AuditEvent, dict[str, Any]]]
+) -> list[AuditRecord]:
+    engine = sessions.kw["bind"]
+    with write_lock(engine):
+        for attempt in range(2):
+            with sessions() as session:
+                row = session.execute(
+                    update(AuditChainHead)
+                    .where(AuditChainHead.id == HEAD_ID)
+                    .values(last_seq=AuditChainHead.last_seq + len(batch))
+                    .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+                ).first()
+                if row is None:
+                    if attempt:
+                        raise RuntimeError("the audit chain head cannot be created")
+                    _ensure_head(session)
+                    session.commit()
+                    continue
+                seq, prev_hash = int(row[0]) - len(batch), str(row[1])
+                records = []
+                for event, detail in batch:
+                    seq += 1
+                    record = AuditRecord(
+                        seq=seq, recorded_at=utcnow(), prev_hash=prev_hash, **_row(event, detail)
+                    )
+                    record.hash = prev_hash = record_hash(_fields(record), prev_hash)
+                    records.append(record)
+                session.add_all(records)
+                session.flush()
+                session.execute(
+                    update(AuditChainHead)
+                    .where(AuditChainHead.id == HEAD_ID)
+                    .values(last_hash=prev_hash)
+                )
+                session.commit()
+                return records
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
