@@ -1,6 +1,8 @@
 """Load: the reading endpoints under 50 concurrent clients over 100,000 studies on PostgreSQL.
 
     python bench/load.py [--studies 100000] [--clients 50] [--seconds 20] [--api-processes 2]
+    python bench/load.py --keep-dir DIR ...   # generate once into DIR and keep it
+    python bench/load.py --reuse DIR ...      # start DIR's cluster, migrate, measure (~1 min)
 
 Generation goes through the real ingest door (``file_instance``: parse, object store, index)
 with one small instance per study from the demo network's devices, in a throw-away PostgreSQL
@@ -241,9 +243,8 @@ def run(
         private_postgres = True
         saved.mkdir(parents=True, exist_ok=True)
     if private_postgres:
-        # A cluster of our own: API processes hold up to 2 × 40 connections each (requests and
-        # the audit trail's engine), more than a shared server's max_connections=100 leaves,
-        # and other users of a shared server would skew the figures.
+        # A cluster of our own: other users of a shared server would skew the figures (and
+        # each API process may hold 10 + 10 request and 2 + 2 audit connections).
         from bench.soak import Postgres
 
         root = saved / "pg" if saved else Path(tempfile.mkdtemp(prefix="rdx-load-pg-"))
