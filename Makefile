@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 VIEWER_SOURCES := $(wildcard viewer/*.html viewer/*.ts viewer/tsconfig.json) \
 	$(shell find viewer/src -type f 2>/dev/null)
 
+# `npm install --no-save` installs the locked versions and never rewrites the lock. Not `npm ci`:
+# npm 11 records only this platform's optional packages (rollup's, esbuild's) in the lock and
+# `npm ci` then refuses the lock it wrote itself as "out of sync".
 viewer/node_modules/.package-lock.json: viewer/package.json viewer/package-lock.json
-	cd viewer && npm ci --no-audit --no-fund
+	cd viewer && npm install --no-audit --no-fund --no-save
 
 viewer/dist: viewer/node_modules/.package-lock.json $(VIEWER_SOURCES)
 	cd viewer && npm run build
