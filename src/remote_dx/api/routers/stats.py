@@ -8,11 +8,12 @@ else gets 403.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -66,6 +67,34 @@ PoolParam = Annotated[
 FormatParam = Annotated[str, Query(alias="format", description="json | csv | xlsx")]
 
 
+@dataclass(frozen=True)
+class Filters:
+    """The query parameters every statistics endpoint shares, as the request gave them."""
+
+    period: str = "month"
+    by: str | None = None
+    start: date | None = None
+    end: date | None = None
+    modality: str | None = None
+    county: str | None = None
+    pool: str | None = None
+
+
+def _filters(
+    period: PeriodParam = "month",
+    by: ByParam = None,
+    start: FromParam = None,
+    end: ToParam = None,
+    modality: ModalityParam = None,
+    county: CountyParam = None,
+    pool: PoolParam = None,
+) -> Filters:
+    return Filters(period, by, start, end, modality, county, pool)
+
+
+StatsFilters = Annotated[Filters, Depends(_filters)]
+
+
 def _institution_id(session: Session, code: str, what: str) -> int:
     found = session.scalar(select(Institution.id).where(Institution.code == code.strip()))
     if found is None:
@@ -73,18 +102,9 @@ def _institution_id(session: Session, code: str, what: str) -> int:
     return int(found)
 
 
-def _query(
-    session: Session,
-    user: User,
-    *,
-    period: str,
-    by: str | None,
-    start: date | None,
-    end: date | None,
-    modality: str | None,
-    county: str | None,
-    pool: str | None,
-) -> StatsQuery:
+def _query(session: Session, user: User, filters: Filters) -> StatsQuery:
+    period, by, start, end = filters.period, filters.by, filters.start, filters.end
+    pool, county = filters.pool, filters.county
     role = Role(user.role)
     if role not in ALL_POOLS | OWN_POOL:
         raise errors.Forbidden(f"a {role.value} does not see statistics")
@@ -111,7 +131,7 @@ def _query(
         by=dimension,
         start=start,
         end=end,
-        modality=modality or None,
+        modality=filters.modality or None,
         county_id=_institution_id(session, county, "county") if county else None,
         pool_id=pool_id,
     )
@@ -143,10 +163,7 @@ def _answer(tables: list[Table], fmt: str, filename: str) -> Response:
 def catalogue(user: CurrentUser, session: DbSession) -> list[dict[str, Any]]:
     # The columns without the figures: one empty day, which the time indexes answer at once.
     epoch = date(1970, 1, 1)
-    query = _query(
-        session, user, period="all", by=None, start=epoch, end=epoch, modality=None,
-        county=None, pool=None,
-    )  # fmt: skip
+    query = _query(session, user, Filters(period="all", start=epoch, end=epoch))
     return [{k: v for k, v in table(session, name, query).as_dict().items() if k != "rows"}
             for name in TABLES]  # fmt: skip
 
@@ -164,10 +181,7 @@ def network_tree(
     modality: ModalityParam = None,
     fmt: FormatParam = "json",
 ) -> Response:
-    query = _query(
-        session, user, period="all", by=None, start=start, end=end, modality=modality,
-        county=None, pool=None,
-    )  # fmt: skip
+    query = _query(session, user, Filters(period="all", start=start, end=end, modality=modality))
     tree = network(session, query)
     if fmt == "json":
         return JSONResponse(tree)
@@ -180,45 +194,17 @@ def network_tree(
     responses=_RESPONSES,
 )
 def dashboard(
-    user: CurrentUser,
-    session: DbSession,
-    period: PeriodParam = "month",
-    by: ByParam = None,
-    start: FromParam = None,
-    end: ToParam = None,
-    modality: ModalityParam = None,
-    county: CountyParam = None,
-    pool: PoolParam = None,
-    fmt: FormatParam = "json",
+    user: CurrentUser, session: DbSession, filters: StatsFilters, fmt: FormatParam = "json"
 ) -> Response:
-    query = _query(
-        session, user, period=period, by=by, start=start, end=end, modality=modality,
-        county=county, pool=pool,
-    )  # fmt: skip
+    query = _query(session, user, filters)
     tables = [table(session, name, query) for name in TABLES]
     if fmt == "xlsx":
         tables.append(network_table(network(session, query)))
     return _answer(tables, fmt, "statistics")
 
 
-def _one(
-    user: User,
-    session: Session,
-    name: str,
-    *,
-    period: str,
-    by: str | None,
-    start: date | None,
-    end: date | None,
-    modality: str | None,
-    county: str | None,
-    pool: str | None,
-    fmt: str,
-) -> Response:
-    query = _query(
-        session, user, period=period, by=by, start=start, end=end, modality=modality,
-        county=county, pool=pool,
-    )  # fmt: skip
+def _one(user: User, session: Session, name: str, filters: Filters, fmt: str) -> Response:
+    query = _query(session, user, filters)
     try:
         result = table(session, name, query)
     except UnknownTable as exc:
@@ -234,19 +220,10 @@ def stats_table(
     user: CurrentUser,
     session: DbSession,
     name: TableName,
-    period: PeriodParam = "month",
-    by: ByParam = None,
-    start: FromParam = None,
-    end: ToParam = None,
-    modality: ModalityParam = None,
-    county: CountyParam = None,
-    pool: PoolParam = None,
+    filters: StatsFilters,
     fmt: FormatParam = "json",
 ) -> Response:
-    return _one(
-        user, session, name, period=period, by=by, start=start, end=end, modality=modality,
-        county=county, pool=pool, fmt=fmt,
-    )  # fmt: skip
+    return _one(user, session, name, filters, fmt)
 
 
 @router.get(
@@ -256,21 +233,12 @@ def stats_export(
     user: CurrentUser,
     session: DbSession,
     name: TableName,
-    period: PeriodParam = "month",
-    by: ByParam = None,
-    start: FromParam = None,
-    end: ToParam = None,
-    modality: ModalityParam = None,
-    county: CountyParam = None,
-    pool: PoolParam = None,
+    filters: StatsFilters,
     fmt: FormatParam = "xlsx",
 ) -> Response:
     if fmt == "json":
         raise errors.Invalid("export is csv or xlsx")
-    return _one(
-        user, session, name, period=period, by=by, start=start, end=end, modality=modality,
-        county=county, pool=pool, fmt=fmt,
-    )  # fmt: skip
+    return _one(user, session, name, filters, fmt)
 
 
 @router.post(
