@@ -140,6 +140,9 @@ def local_day_start(day: date) -> datetime:
 # --- the joins every table shares ------------------------------------------------------------
 
 
+_FACTS_FRESH = "remote_dx.stats.facts_fresh"
+
+
 @dataclass
 class _Base:
     """The study fact rows (:mod:`remote_dx.stats.facts`: the study ⟕ worklist item ⟕ report with
@@ -154,7 +157,11 @@ class _Base:
     @classmethod
     def make(cls, session: Session | None = None, origin_col: Any = None) -> _Base:
         if session is not None:
-            facts.refresh(session)
+            # Once per session (one request): a dashboard asks for seven tables, and on SQLite
+            # a refresh rebuilds every fact row.
+            if not session.info.get(_FACTS_FRESH):
+                facts.refresh(session)
+                session.info[_FACTS_FRESH] = True
             if session.get_bind().dialect.name == "postgresql":
                 # One dashboard figure sorts up to a year of fact rows (percentiles, groups);
                 # the default 4 MB spills that to disk. For this transaction only.
