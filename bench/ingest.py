@@ -74,6 +74,11 @@ class Result:
     seconds: float
     acked_seconds: float
     error: str | None = None
+    cpu_seconds: float = 0.0  # user + system CPU of the peer's processes during the run
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000 * self.cpu_seconds / self.instances if self.instances else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -110,6 +115,41 @@ def warm_page_cache(corpus: Corpus) -> None:
         with path.open("rb") as handle:
             while handle.read(1 << 22):
                 pass
+
+
+def process_tree_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (``/proc/PID/stat``).
+
+    A load-independent figure beside images/s: on a shared 2-core machine the wall-clock rate
+    moves ±30 % with other work, the CPU a peer spends per instance much less.
+    """
+    if pid is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(member, 0.0) for member in tree)
+
+
+def _peer_pid(peer: Peer) -> int | None:
+    proc = getattr(peer, "proc", None)
+    return getattr(proc, "pid", None)
 
 
 def send(
@@ -184,6 +224,10 @@ def _send(
 
 
 def make_peer(mode: str, workdir: Path, weed: s3.SeaweedS3 | None, processes: int = 1) -> Peer:
+    if mode.startswith("embedded@"):
+        source = _baseline_sources[mode.split("@", 1)[1]]
+        env = {"PYTHONPATH": str(source)}
+        return ReceiverPeer(mode, workdir, free_port(), processes=processes, extra_env=env)
     if mode == "orthanc":
         return orthanc.OrthancPeer(workdir, free_port(), free_port())
     if mode == "embedded":
@@ -191,6 +235,26 @@ def make_peer(mode: str, workdir: Path, weed: s3.SeaweedS3 | None, processes: in
     assert weed is not None
     target = S3Target(weed.endpoint, s3.ACCESS_KEY, s3.SECRET_KEY)
     return ReceiverPeer(mode, workdir, free_port(), postgres=True, s3=target, processes=processes)
+
+
+_baseline_sources: dict[str, Path] = {}
+
+
+def extract_baseline(revision: str, scratch: Path) -> str:
+    """``src/`` of ``revision`` under ``scratch``; returns the mode name that runs it."""
+    root = Path(__file__).resolve().parent.parent
+    target = scratch / f"baseline-{revision}"
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", revision, "src"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    _baseline_sources[revision] = target / "src"
+    return f"embedded@{revision}"
+
+
+def _is_ours(mode: str) -> bool:
+    return mode in OURS or mode.startswith("embedded@")
 
 
 def run_one(
@@ -208,9 +272,19 @@ def run_one(
         peer.start()
         os.sync()  # start from a quiet disk: nothing of the previous run still being written
         timeout = 120 + corpus.total_bytes / 2e6  # ≥ 2 MB/s or it's broken anyway
+        cpu_before = process_tree_cpu(_peer_pid(peer))
         elapsed, acked, error = send(peer, corpus, parallel, timeout, workdir)
+        cpu = process_tree_cpu(_peer_pid(peer)) - cpu_before
         return Result(
-            mode, corpus.kind, parallel, corpus.count, megabytes, elapsed, acked, error or None
+            mode,
+            corpus.kind,
+            parallel,
+            corpus.count,
+            megabytes,
+            elapsed,
+            acked,
+            error or None,
+            cpu_seconds=cpu,
         )
     except Exception as exc:  # report the failed run and go on with the others
         return Result(
@@ -282,7 +356,7 @@ def print_versions(modes: list[str]) -> None:
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'peer':<12} {'corpus':<6} {'par':>3} {'inst':>5} {'MB':>8} {'seconds':>8} "
-        f"{'acked s':>8} {'images/s':>9} {'MB/s':>8}"
+        f"{'acked s':>8} {'images/s':>9} {'MB/s':>8} {'CPU ms/img':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -296,7 +370,7 @@ def print_table(results: list[Result]) -> None:
         print(
             f"{r.mode:<12} {r.corpus:<6} {r.parallel:>3} {r.instances:>5} {r.megabytes:>8.1f} "
             f"{r.seconds:>8.2f} {r.acked_seconds:>8.2f} {r.images_per_s:>9.1f} "
-            f"{r.mb_per_s:>8.1f}"
+            f"{r.mb_per_s:>8.1f} {r.cpu_ms_per_image:>10.2f}"
         )
     print()
 
@@ -326,7 +400,7 @@ def print_ratios(results: list[Result]) -> bool:
     seen: list[tuple[str, str, int]] = []
     for r in results:
         key = (r.mode, r.corpus, r.parallel)
-        if r.mode not in OURS or key in seen:
+        if not _is_ours(r.mode) or key in seen:
             continue
         seen.append(key)
         peer = ("orthanc", r.corpus, r.parallel)
@@ -378,6 +452,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="receiver processes of our peers (remote-dx scp --processes N: one acceptor hands "
         "each association to the least-loaded process); default 1, see bench/README.md",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="also run the embedded receiver from git revision REV's src/ (extracted with "
+        "git archive, run with PYTHONPATH) as mode embedded@REV, interleaved with the others: "
+        "a before/after pair measured in the same load window",
     )
     parser.add_argument(
         "--repeat",
@@ -434,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     weed: s3.SeaweedS3 | None = None
     results: list[Result] = []
     try:
+        if args.baseline:
+            modes.insert(0, extract_baseline(args.baseline, scratch))
         if "postgres-s3" in modes:
             weed = s3.SeaweedS3(scratch / "seaweedfs")
             try:
@@ -458,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                         results.append(result)
                         status = result.error or (
                             f"{result.seconds:.2f} s, {result.images_per_s:.1f} images/s, "
-                            f"{result.mb_per_s:.1f} MB/s"
+                            f"{result.mb_per_s:.1f} MB/s, {result.cpu_ms_per_image:.2f} CPU ms/img"
                         )
                         load = os.getloadavg()[0]
                         print(

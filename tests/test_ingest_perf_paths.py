@@ -247,7 +247,7 @@ def test_sqlite_ingest_commits_share_wal_flushes_and_leave_connections_full(
     import remote_dx.core.db as core_db
 
     flushed: list[str] = []
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync
 
     def counting_fsync(fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
@@ -256,7 +256,7 @@ def test_sqlite_ingest_commits_share_wal_flushes_and_leave_connections_full(
             time.sleep(0.05)  # a slow disk: others queue up behind this flush
         real_fsync(fd)
 
-    monkeypatch.setattr(core_db.os, "fsync", counting_fsync)
+    monkeypatch.setattr(core_db.os, "fdatasync", counting_fsync)
     store = FileStore(settings.storage_dir)
     with db() as session:
         device = session.scalar(select(Device).where(Device.ae_title == "XIPING_DR"))

@@ -306,7 +306,8 @@ def _query_retrieve_section() -> list[str]:
         "the storage SOP classes with the SCP role); a compressed instance is decoded when the",
         "requestor accepted only uncompressed syntaxes. C-MOVE destinations are the AE titles",
         "of registered devices and nodes with a host and port, and institutions' result-return",
-        "AEs. A retrieve needs the unique key of its level.",
+        "AEs, of the calling AE's own institution (or listed in `RDX_MOVE_SHARED_DESTINATIONS`).",
+        "A retrieve needs the unique key of its level.",
         "",
         *_table(
             ("Status", "Code", "Service"),
@@ -321,6 +322,11 @@ def _query_retrieve_section() -> list[str]:
                     f"C-GET, C-MOVE (more than {qr.MAX_SUBOPERATIONS} instances, database down)",
                 ),
                 ("Move destination unknown", f"0x{qr.MOVE_DESTINATION_UNKNOWN:04X}", "C-MOVE"),
+                (
+                    "Refused: Not authorized",
+                    f"0x{qr.NOT_AUTHORIZED:04X}",
+                    "C-MOVE to another institution's node",
+                ),
                 (
                     "Identifier does not match SOP class",
                     f"0x{qr.IDENTIFIER_DOES_NOT_MATCH:04X}",

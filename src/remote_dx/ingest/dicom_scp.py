@@ -614,8 +614,10 @@ def start_receiver(
     connections from the dispatcher instead of a port.
     """
     sessions = sessions or get_sessionmaker(settings)
+    store = store or get_store(settings)
+    _warm_up(store)
     scp = StorageSCP(
-        store or get_store(settings),
+        store,
         sessions,
         DeviceDirectory(sessions, settings),
         ae_title=settings.ae_title,
@@ -632,6 +634,25 @@ def start_receiver(
         ", port shared" if reuse_port or channel is not None else "",
     )
     return receiver
+
+
+def _warm_up(store: ObjectStore) -> None:
+    """One-time set-up done before the first association rather than inside its first C-STORE:
+    the file store's shard directories and the helper thread that flushes objects."""
+    from remote_dx.ingest.instance import start_io_pool
+
+    prepare = getattr(store, "prepare", None)
+    if prepare is not None:
+        try:
+            prepare()
+        except Exception as exc:  # the store may be down now; C-STORE answers 0xA700 then
+            log.warning("object store not ready at start: %s", exc)
+    start_io_pool()
+    # pydicom compiles its UI regular expression at the first UID it validates; on a busy
+    # machine that stalled the first association's negotiation for a noticeable time.
+    from pynetdicom.utils import set_uid
+
+    set_uid("1.2.840.10008.1.1", "warm-up", False, False, True)
 
 
 def run_receiver(settings: Settings, processes: int = 1) -> None:

@@ -353,44 +353,120 @@ def _file_on_sqlite(
     try:
         cursor = connection.cursor()
         try:
-            if cursor.execute(_SQL_SELECT_INSTANCE, (sop_uid,)).fetchone():
-                return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
+            found = cursor.execute(_SQL_SELECT_INSTANCE_OBJECT, (sop_uid,)).fetchone()
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(str(exc)) from exc
-        pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
-        try:
-            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
-        finally:
-            # SQLite has one writer at a time: wait for the object before taking the write
-            # lock, so no writer waits on another's disk flush.
-            pending.result()
+        if found is not None:
+            _ensure_durable_duplicate(engine, connection, cursor, found, ds, data, key, store)
+            return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
         ids = _engine_ids(engine)
-        for attempt in range(5):
-            try:
-                flush_after = deferred_flush_raw(engine, connection)
-                duplicate = _index_sqlite(engine, connection, cursor, row, ids)
-                break
-            except SeriesOfAnotherStudy:
-                connection.rollback()
-                _forget_object(store, key)
-                raise
-            except sqlite3.IntegrityError as exc:
-                connection.rollback()
-                ids.clear()
-                if attempt == 4:
-                    raise DatabaseUnavailable(str(exc)) from exc
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
+        stage = getattr(store, "stage", None)
+        staged: Any = None
+        if stage is not None:
+            # The object is written and renamed into place now but flushed in a helper thread
+            # while this one commits the row and flushes the WAL: the two device flushes run
+            # concurrently instead of one after the other. The answer still waits for both.
+            # A crash in between can leave the row without a durable object; the modality got
+            # no answer and re-sends, and the duplicate path above checks the object's bytes
+            # against the row and stores it again (bench/README.md, "Durability").
+            staged = stage(key, data)
+            pending = _io_pool().submit(staged.flush)
+        else:
+            pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
+        try:
+            # Hashed while the object is written or flushed (both release the GIL).
+            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
+            if staged is None:
+                # SQLite has one writer at a time: wait for the object before taking the write
+                # lock, so no writer waits on another's disk flush.
+                pending.result()
+            for attempt in range(5):
+                try:
+                    flush_after = deferred_flush_raw(engine, connection)
+                    duplicate = _index_sqlite(engine, connection, cursor, row, ids)
+                    break
+                except SeriesOfAnotherStudy:
                     connection.rollback()
-                raise DatabaseUnavailable(str(exc)) from exc
-        if flush_after:
-            try:
-                make_durable(engine)  # outside the write lock: concurrent commits share one flush
-            except OSError as exc:
-                raise DatabaseUnavailable(f"cannot flush the index: {exc}") from exc
+                    if staged is not None:
+                        _wait_quietly(pending)
+                        staged.discard()  # the refused object must not stay under its key
+                    else:
+                        _forget_object(store, key)
+                    raise
+                except sqlite3.IntegrityError as exc:
+                    connection.rollback()
+                    ids.clear()
+                    if attempt == 4:
+                        raise DatabaseUnavailable(str(exc)) from exc
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.rollback()
+                    raise DatabaseUnavailable(str(exc)) from exc
+            if flush_after:
+                try:
+                    make_durable(engine)  # outside the write lock: commits share one flush
+                except OSError as exc:
+                    raise DatabaseUnavailable(f"cannot flush the index: {exc}") from exc
+        except BaseException:
+            if staged is not None:
+                _wait_quietly(pending)  # never answer while the object is still being flushed
+            raise
+        if staged is not None:
+            # A flush failure is StorageUnavailable (0xA700) and the staged file is gone; the
+            # row stays, and the re-send finds no object and stores it again.
+            pending.result()
         return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=duplicate)
     finally:
         connection.close()  # back to the pool (which sets synchronous=FULL again)
+
+
+def _wait_quietly(pending: Any) -> None:
+    with contextlib.suppress(Exception):
+        pending.result()
+
+
+def _ensure_durable_duplicate(
+    engine: Engine,
+    connection: Any,
+    cursor: Any,
+    found: tuple[Any, ...],
+    ds: Dataset,
+    data: bytes,
+    key: str,
+    store: ObjectStore,
+) -> None:
+    """A re-sent instance whose row exists: answer "stored" only if it truly is.
+
+    With the object flushed beside the index (see :func:`_file_on_sqlite`), the row can be on
+    disk while the object is not (a crash or a failed flush before the first answer), or the
+    first attempt can still be flushing in another association. The object's bytes are checked
+    against the row and made durable; if they are missing or wrong, the received copy is stored
+    again (durably) and the row and study updated so the study is processed again. The row
+    itself is flushed (WAL) before answering, as for a new instance.
+    """
+    instance_pk, stored_key, sha256, size, series_pk = found
+    verify = getattr(store, "verify_durable", None)
+    if verify is not None and not verify(stored_key, sha256, size):
+        log.warning("re-sent instance %s: its stored object was missing or damaged; repaired", key)
+        store.put(stored_key, data, content_type="application/dicom")
+        now = utcnow()
+        bind_time = _studies.c.last_received_at.type.bind_processor(engine.dialect)
+        stamp = bind_time(now) if bind_time else now
+        try:
+            deferred_flush_raw(engine, connection)
+            with write_lock(engine):
+                cursor.execute(_SQL_REPAIR_INSTANCE, (_sha256(data), len(data), instance_pk))
+                cursor.execute(_SQL_REOPEN_STUDY, (stamp, _RECEIVING, series_pk))
+                connection.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                connection.rollback()
+            raise DatabaseUnavailable(str(exc)) from exc
+    if deferred_flush_raw(engine, connection):
+        try:
+            make_durable(engine)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot flush the index: {exc}") from exc
 
 
 def _index_sqlite(
@@ -434,6 +510,19 @@ def _scalar(cursor: Any) -> Any:
 
 
 _SQL_SELECT_INSTANCE = "SELECT id FROM instances WHERE sop_instance_uid = ?"
+_SQL_SELECT_INSTANCE_OBJECT = (
+    "SELECT id, object_key, sha256, size_bytes, series_pk FROM instances WHERE sop_instance_uid = ?"
+)
+# The object is whole again: clear fsck's "missing" mark too.
+_SQL_REPAIR_INSTANCE = (
+    "UPDATE instances SET sha256 = ?, size_bytes = ?, missing_at = NULL WHERE id = ?"
+)
+# A repaired object re-opens its study like a new instance (processed again after the quiet
+# period, with the whole object this time); the instance count is unchanged.
+_SQL_REOPEN_STUDY = (
+    "UPDATE studies SET revision = revision + 1, last_received_at = ?, status = ? "
+    "WHERE id = (SELECT study_pk FROM series WHERE id = ?)"
+)
 _SQL_SELECT_STUDY = "SELECT id FROM studies WHERE study_uid = ?"
 _SQL_SELECT_SERIES = "SELECT id, study_pk FROM series WHERE series_uid = ?"
 # As _TOUCH_STUDY: SQL-side increments, so concurrent associations never lose a count.
@@ -541,6 +630,18 @@ def _io_pool() -> ThreadPoolExecutor:
             # One write in flight per association at most; 32 is the receiver's default limit.
             _io_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="object-put")
         return _io_executor
+
+
+def start_io_pool(threads: int = 4) -> None:
+    """Start the object writers' first threads now (the pool starts them one per submit)."""
+    pool = _io_pool()
+    barrier = threading.Barrier(threads + 1)
+    waits = [pool.submit(barrier.wait, 5.0) for _ in range(threads)]
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(5.0)
+    for wait in waits:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            wait.result()
 
 
 def _sha256(data: bytes) -> str:

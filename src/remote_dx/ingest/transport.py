@@ -123,6 +123,42 @@ _memoise_uid_validation()
 _IDLE_WAIT = 0.05
 
 
+class _ReactorClock:
+    """``pynetdicom.association``'s ``time`` module, with the reactor's 1 ms nap made a wait.
+
+    The acceptor's reactor loop begins every turn with ``time.sleep(0.001)`` before it looks for
+    the next DIMSE message: after each C-STORE-RSP the association thread slept at least 1 ms
+    (and, on a busy machine, until the scheduler woke it again) while the next request was
+    already waiting. For event-driven associations the nap becomes a wait on the association's
+    wake-up event, set when a message or ACSE primitive is queued for it: it ends at once when
+    there is work, and after the same 1 ms otherwise. Every other caller sleeps as before.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        wake = getattr(threading.current_thread(), "rdx_wake", None)
+        if wake is not None and seconds == _REACTOR_NAP:
+            wake.wait(seconds)
+            return
+        time.sleep(seconds)
+
+
+_REACTOR_NAP = 0.001
+
+
+def _replace_reactor_nap() -> None:
+    from pynetdicom import association
+
+    if not isinstance(association.time, _ReactorClock):
+        association.time = _ReactorClock()  # type: ignore[assignment]
+
+
+_replace_reactor_nap()
+
+
 class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
     """A queue that sets ``signal`` on every put (under the queue's own lock)."""
 
@@ -359,6 +395,7 @@ def make_event_driven(assoc: Association) -> None:
     new.to_user_queue = _SignallingQueue(wake)
     assoc.dul = new
     assoc.dimse = EventDrivenDIMSE(assoc, wake)
+    assoc.rdx_wake = wake  # type: ignore[attr-defined]  # see _ReactorClock
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         # The "standard" handlers format every PDU and DIMSE message for a log line at INFO or
         # DEBUG (~0.2 ms per C-STORE), even when pynetdicom's logger discards it.

@@ -1,15 +1,19 @@
 """``remote-dx fsck``: the object store against the index, in both directions.
 
-The index (``instances`` rows) and the object store are written in that order by
-:func:`~remote_dx.ingest.instance.file_instance` (object first, durably; then the row), so in a
-healthy hub every row has its object and every ``dicom/`` object has its row. What breaks that:
+:func:`~remote_dx.ingest.instance.file_instance` writes the object, then commits its
+``instances`` row; the C-STORE (or STOW / upload) is answered only once both are durable. With
+the embedded file store the two device flushes run side by side, so a crash *before* the answer
+can leave a row whose object is short or missing — the sender got no answer and re-sends, and
+the re-send checks the object against the row and stores it again. So in a healthy hub every
+row has its object and every ``dicom/`` object has its row. What breaks that:
 
 - **object without a row** (*orphan object*): the process died between the object write and the
   commit, or the database was restored from a dump older than the object store. The object is
   what the modality sent; ``--repair`` files it again through ``file_instance`` (the one door,
   so study, series and counters are right and the study is processed again), or, when it is not
   a readable DICOM instance, moves it under ``quarantine/`` for a person to look at.
-- **row without an object** (*missing object*): storage lost it. Nothing here can bring the
+- **row without an object** (*missing object*): storage lost it, or the hub died before
+  answering and the sender never re-sent. Nothing here can bring the
   bytes back; ``--repair`` sets ``instances.missing_at`` so it shows, and the fix is to restore the
   object from a backup or have the modality send it again (fsck clears the mark when it finds
   the object whole again).
@@ -17,8 +21,9 @@ healthy hub every row has its object and every ``dicom/`` object has its row. Wh
   kept in the row at receipt). ``--repair`` copies the bad bytes under ``quarantine/`` and marks
   the row missing, as above.
 
-Only ``dicom/`` keys are instances; previews (``previews/``) are rebuilt by processing and ECG
-originals are kept beside their instances, so both are listed in the counts but not judged.
+Only ``dicom/`` keys are instances; previews (``previews/``) and decoded renditions
+(``renditions/``) are rebuilt by processing or on request, and ECG originals are kept beside
+their instances, so these are listed in the counts but not judged.
 Works on every :class:`~remote_dx.storage.base.ObjectStore` (FileStore, S3Store).
 """
 

@@ -17,6 +17,7 @@ study each) paid three flushes more than the file itself. Keys too long for one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -83,13 +84,7 @@ class FileStore:
         path = self._path(key)
         parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
         try:
-            self._prepare()
-            parent = str(path.parent)
-            created: list[str] = []
-            if not os.path.isdir(parent):
-                created = _make_dirs(parent)  # only for _long keys: shards exist already
-            tmp = f"{parent}/{_TMP_PREFIX}{os.getpid()}-{next(_tmp_counter)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            parent, created, tmp, fd = self._open_temp(path)
             try:
                 try:
                     _write_all(fd, parts)
@@ -109,6 +104,90 @@ class FileStore:
         except OSError as exc:
             self._ready = False  # look at the directories again next time
             raise StorageUnavailable(f"file store cannot write {key}: {exc}") from exc
+
+    def _open_temp(self, path: Path) -> tuple[str, list[str], str, int]:
+        """A new temporary file in ``path``'s directory, made if need be: (the directory, the
+        directories made, the temporary name, its open descriptor). Raises OSError."""
+        self._prepare()
+        parent = str(path.parent)
+        created: list[str] = []
+        if not os.path.isdir(parent):
+            created = _make_dirs(parent)  # only for _long keys: shards exist already
+        tmp = f"{parent}/{_TMP_PREFIX}{os.getpid()}-{next(_tmp_counter)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return parent, created, tmp, fd
+
+    def stage(self, key: str, data: Buffer | Sequence[Buffer]) -> StagedObject:
+        """Write ``data`` under ``key`` whole, visible at once, but not yet durable.
+
+        The bytes go to a temporary file that is renamed into place, so a reader sees the old
+        object or the whole new one, never part of one. Nothing is flushed: the caller runs
+        :meth:`StagedObject.flush` (in another thread, beside its own index flush) and must not
+        report the object stored before that returns. A power cut before then can leave the
+        name pointing at a short or empty file; :meth:`verify_durable` finds and reports that.
+        Used by ingest on SQLite, which then flushes the object and the index concurrently
+        (bench/README.md, "Durability").
+        """
+        path = self._path(key)
+        parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        try:
+            parent, created, tmp, fd = self._open_temp(path)
+            try:
+                _write_all(fd, parts)
+                os.replace(tmp, path)
+            except BaseException:
+                os.close(fd)
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            self._ready = False
+            raise StorageUnavailable(f"file store cannot write {key}: {exc}") from exc
+        return StagedObject(
+            self, key, fd, str(path), [parent, *(os.path.dirname(d) for d in reversed(created))]
+        )
+
+    def verify_durable(self, key: str, sha256: str, size: int) -> bool:
+        """True once the object under ``key`` has these contents and they are on disk.
+
+        For a re-sent instance whose index row exists: the first attempt may have been cut
+        off (crash, power cut, failed flush) after the row was committed but before the object
+        was durable, or may still be flushing in another thread. The bytes are compared with
+        the row's SHA-256 and size, then flushed (a no-op for the device if they already were),
+        so answering "stored" after this is true. False: the caller must store the object again.
+        """
+        path = self._existing(key)
+        if path is None:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                digest = hashlib.sha256()
+                length = 0
+                while chunk := os.read(fd, 1 << 20):
+                    digest.update(chunk)
+                    length += len(chunk)
+                if length != size or digest.hexdigest() != sha256:
+                    return False
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(str(path.parent))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageUnavailable(f"file store cannot check {key}: {exc}") from exc
+        return True
+
+    def prepare(self) -> None:
+        """Create the root and the shard directories now rather than at the first write.
+
+        The receiver calls this when it starts: 256 directories and their parent's fsync took
+        ~0.3 s on a busy machine, which the first modality's first instance would otherwise wait.
+        """
+        try:
+            self._prepare()
+        except OSError as exc:
+            raise StorageUnavailable(f"file store {self.root} unusable: {exc}") from exc
 
     def _prepare(self) -> None:
         """Create the root and the shard directories once, durably."""
@@ -188,6 +267,51 @@ class FileStore:
 
 
 _SHARD_SET = frozenset(_SHARDS)
+
+
+class StagedObject:
+    """An object written by :meth:`FileStore.stage`, waiting for :meth:`flush`."""
+
+    def __init__(self, store: FileStore, key: str, fd: int, path: str, dirs: list[str]) -> None:
+        self._store = store
+        self.key = key
+        self._fd: int | None = fd
+        self._path = path
+        self._dirs = dirs
+
+    def flush(self) -> None:
+        """Make the object durable: its data, then the directory entries naming it.
+
+        On failure the object is removed (best effort) and StorageUnavailable raised, so a
+        re-send finds nothing to trust and writes it again.
+        """
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            for directory in self._dirs:
+                _fsync_dir(directory)
+        except OSError as exc:
+            self._store._ready = False
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            raise StorageUnavailable(f"file store cannot flush {self.key}: {exc}") from exc
+        legacy = self._store._legacy_path(self.key)
+        if str(legacy) != self._path and legacy.is_file():
+            with contextlib.suppress(OSError):
+                legacy.unlink()
+
+    def discard(self) -> None:
+        """Remove the object (the instance it belongs to was refused)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self._path)
 
 
 def _make_dirs(directory: str) -> list[str]:

@@ -1,0 +1,50 @@
+"""The receiver's association threads (ingest/transport.py) wait for work instead of napping."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pynetdicom import association
+
+from remote_dx.ingest.transport import _ReactorClock
+
+
+def test_reactor_nap_ends_when_work_arrives_and_other_sleeps_are_untouched() -> None:
+    assert isinstance(association.time, _ReactorClock)  # installed when transport is imported
+    wake = threading.Event()
+    woke_after: list[float] = []
+
+    class Reactor(threading.Thread):
+        rdx_wake = wake
+
+        def run(self) -> None:
+            started = time.monotonic()
+            association.time.sleep(0.001)  # the acceptor reactor's nap, with work waiting
+            woke_after.append(time.monotonic() - started)
+
+    wake.set()  # a DIMSE message was queued before the nap
+    waited = []
+
+    def counting_wait(timeout: float | None = None) -> bool:
+        waited.append(timeout)
+        return True
+
+    wake.wait = counting_wait  # type: ignore[method-assign]
+    reactor = Reactor()
+    reactor.start()
+    reactor.join(timeout=5)
+    assert waited == [0.001]  # the nap became a wait on the association's event
+    assert woke_after
+
+    # Threads without an association event, and other durations, sleep as before.
+    slept: list[float] = []
+    real_sleep = time.sleep
+    try:
+        time.sleep = slept.append  # type: ignore[assignment]
+        association.time.sleep(0.001)
+        association.time.sleep(0.0001)
+    finally:
+        time.sleep = real_sleep
+    assert slept == [0.001, 0.0001]
+    assert association.time.monotonic is time.monotonic
