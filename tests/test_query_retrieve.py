@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import AuditRecord, Device, Institution, Study, WorklistItem
-from remote_dx.core.settings import Settings
+from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.ingest.dicom_scp import Receiver, start_receiver
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.factory import get_store
@@ -527,3 +527,50 @@ def test_find_and_get_on_postgresql(
         assert len(list(out.iterdir())) == 2
     finally:
         running.stop(timeout=1)
+
+
+def test_movescu_to_another_institutions_node_is_refused_0124(
+    community: Community,
+    receiver: Receiver,
+    county_pacs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A township device sees its own study but may not have it pushed to the county's PACS: that
+    node is the county's, not XIPING's. Named in RDX_MOVE_SHARED_DESTINATIONS it may."""
+
+    def move() -> subprocess.CompletedProcess[str]:
+        return dcmtk_tool(
+            "movescu", "-d", "-aet", "XIPING_DR", "-aec", CALLED, "-aem", PACS, "-S",
+            "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={community.county_study}",
+            "127.0.0.1", str(receiver.port),
+        )  # fmt: skip
+
+    refused = move()
+    output = refused.stdout + refused.stderr
+    assert "Move response with error status (Unknown Status: 0x124)" in output, output
+    assert "DIMSE Status                  : 0x0124: Refused: Not authorized" in output, output
+    assert "COUNTY_PACS is not your institution" in output, output
+    assert list(county_pacs.iterdir()) == []
+    # Unknown stays 0xA801 for this caller too.
+    unknown = dcmtk_tool(
+        "movescu", "-v", "-aet", "XIPING_DR", "-aec", CALLED, "-aem", "NOWHERE", "-S",
+        "-k", "QueryRetrieveLevel=STUDY",
+        "-k", f"StudyInstanceUID={community.county_study}",
+        "127.0.0.1", str(receiver.port),
+    )  # fmt: skip
+    unknown_output = unknown.stdout + unknown.stderr
+    assert "Final Move Response (Refused: MoveDestinationUnknown)" in unknown_output
+
+    monkeypatch.setenv("RDX_MOVE_SHARED_DESTINATIONS", f"REGION_ARCHIVE, {PACS}")
+    reset_settings()
+    allowed = move()
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    files = wait_until(
+        lambda: len(list(county_pacs.iterdir())) == 3 and list(county_pacs.iterdir()),
+        timeout=20,
+        message="the three instances at the shared destination",
+    )
+    assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in files} == set(  # type: ignore[union-attr]
+        community.county_instances
+    )

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     dicom_max_associations: int = 32
+    move_shared_destinations: str = Field(
+        "",
+        description="C-MOVE destinations (AE titles, comma-separated) any institution's AE may "
+        "move to; otherwise only its own institution's nodes.",
+    )
     # DICOM security (issue 7): TLS on the receiver (PS3.15 Annex B.1, the Basic TLS Secure
     # Transport profile) when a certificate and key are given; with a CA, peers must present a
     # certificate it signed. Per-device limits apply where the device row sets none (0: none).

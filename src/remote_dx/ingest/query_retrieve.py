@@ -12,9 +12,13 @@ queries the hub and retrieves what it may see:
 * **C-GET** (C.4.3) sends the matching instances over the requestor's own association (it must
   have proposed the storage SOP classes with the SCP role, PS3.7 D.3.3.4); **C-MOVE** (C.4.2) to a
   known destination: a registered device or node with a host and port, or an institution's
-  result-return AE. Anything else is 0xA801 "Move Destination unknown". Instances go out in
-  their stored transfer syntax; a compressed one is decoded for a C-GET requestor that accepted
-  only uncompressed syntaxes.
+  result-return AE. Anything else is 0xA801 "Move Destination unknown". The destination must
+  belong to the calling AE's own institution, or be named in ``RDX_MOVE_SHARED_DESTINATIONS``
+  (e.g. a regional archive every institution may send to); another institution's node is refused
+  with 0x0124 "Refused: Not authorized" (PS3.7 C.5) — otherwise a township device could have the
+  hub push the studies it sees to any PACS in the community. Instances go out in their stored
+  transfer syntax; a compressed one is decoded for a C-GET requestor that accepted only
+  uncompressed syntaxes.
 
 Scoping: the calling AE's institution sees what that institution may see under the worklist's
 one rule (:func:`remote_dx.worklist.service.visibility`): the studies routed to its reading pool
@@ -75,6 +79,9 @@ CANCEL = 0xFE00
 OUT_OF_RESOURCES_MATCHES = 0xA700  # C-FIND: out of resources
 OUT_OF_RESOURCES_SUBOPS = 0xA702  # C-GET/C-MOVE: unable to perform sub-operations
 MOVE_DESTINATION_UNKNOWN = 0xA801
+#: PS3.7 C.5 general status "Refused: Not authorized", among C-MOVE's failures (PS3.4 C.4.2.1.5):
+#: the destination is known but not the calling AE's institution's.
+NOT_AUTHORIZED = 0x0124
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 #: Number of * Sub-operations are US (PS3.7 C.4.2.1.6): at most this many per request.
@@ -545,6 +552,20 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    institution_id: int | None = None  # whose node it is
+
+
+def shared_destinations() -> frozenset[str]:
+    """AE titles any registered calling AE may move to (``RDX_MOVE_SHARED_DESTINATIONS``)."""
+    from remote_dx.core.settings import get_settings
+
+    text = get_settings().move_shared_destinations
+    return frozenset(t.strip() for t in text.split(",") if t.strip())
+
+
+def move_allowed(destination: Destination, institution: int, shared: frozenset[str]) -> bool:
+    """Whether the calling AE's institution may send to ``destination``."""
+    return destination.institution_id == institution or destination.ae_title in shared
 
 
 def move_destination(session: Session, ae_title: str) -> Destination | None:
@@ -559,7 +580,9 @@ def move_destination(session: Session, ae_title: str) -> Destination | None:
         )
     )
     if device is not None:
-        return Destination(device.ae_title, str(device.host), int(device.port or 0))
+        return Destination(
+            device.ae_title, str(device.host), int(device.port or 0), device.institution_id
+        )
     institution = session.scalar(
         select(Institution).where(
             Institution.return_ae_title == ae_title,
@@ -569,7 +592,10 @@ def move_destination(session: Session, ae_title: str) -> Destination | None:
     )
     if institution is not None:
         return Destination(
-            ae_title, str(institution.return_host), int(institution.return_port or 0)
+            ae_title,
+            str(institution.return_host),
+            int(institution.return_port or 0),
+            institution.id,
         )
     return None
 
@@ -627,8 +653,10 @@ class QueryRetrieveSCP:
         institution_of: Callable[[Any], int | None],
         ae_title: Callable[[], str],
         audit: AuditHook | None = None,
+        shared: Callable[[], frozenset[str]] = shared_destinations,
     ) -> None:
         self.store = store
+        self.shared_destinations = shared
         self.sessions = sessions
         self.institution_of = institution_of
         self.ae_title = ae_title
@@ -757,6 +785,13 @@ class QueryRetrieveSCP:
             return
         address = (destination.host, destination.port)
         try:
+            institution = self.institution_of(event.assoc)
+            if institution is not None and not move_allowed(
+                destination, institution, self.shared_destinations()
+            ):
+                raise QueryError(
+                    NOT_AUTHORIZED, f"{destination.ae_title} is not your institution's node"
+                )
             matches = self._matches(event, MOVE_SOP_CLASSES, destination.ae_title)
         except (QueryError, SQLAlchemyError) as exc:
             if isinstance(exc, QueryError):
@@ -765,7 +800,8 @@ class QueryRetrieveSCP:
                 status, comment = OUT_OF_RESOURCES_SUBOPS, "database unavailable, retry later"
             log.warning("C-MOVE from %s refused: %s", calling, comment)
             # pynetdicom associates with the destination before it reads a status, so the
-            # failure travels after a bare Verification association.
+            # failure travels after a bare Verification association (no DIMSE message, no data;
+            # if the destination does not answer, the caller sees 0xA801 instead).
             yield (*address, {"contexts": [build_context(Verification)]})
             yield 1
             yield _failure(status, comment)
