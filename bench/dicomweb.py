@@ -27,6 +27,7 @@ p95 (target ≤ 1.0). Exits 1 only when a run fails outright.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -36,10 +37,11 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `remote_dx` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -145,7 +147,25 @@ def generate(count: int, folder: Path, seed: int = 5) -> list[GeneratedStudy]:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.save_as(folder / f"{n:06d}.dcm", enforce_file_format=True)
         studies.append(study)
+    # Beside the folder, not in it: storescu +sd sends every file of the folder.
+    folder.with_suffix(".json").write_text(json.dumps([asdict(s) for s in studies]))
     return studies
+
+
+def load_studies(folder: Path) -> list[GeneratedStudy]:
+    """The studies of an earlier run's folder (``--reuse``), from its list or its files."""
+    listing = folder.with_suffix(".json")
+    if not listing.exists():
+        import pydicom
+
+        found = []
+        for path in sorted(folder.glob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")
+            keys += ("AccessionNumber", "StudyDate", "Modality")
+            found.append(GeneratedStudy(*(str(ds[k].value) for k in keys)))
+        listing.write_text(json.dumps([asdict(s) for s in found]))
+    return [GeneratedStudy(**item) for item in json.loads(listing.read_text())]
 
 
 # -- the peers ------------------------------------------------------------------------------------
@@ -224,7 +244,12 @@ class Ours:
         from sqlalchemy import insert, select
 
         from remote_dx.core.clock import utcnow
-        from remote_dx.core.db import get_sessionmaker, session_scope
+        from remote_dx.core.db import (
+            get_engine,
+            get_sessionmaker,
+            refresh_planner_statistics,
+            session_scope,
+        )
         from remote_dx.core.migrate import upgrade
         from remote_dx.core.models import Device, Institution, Study, StudyStatus, WorklistItem
         from remote_dx.core.network import apply_network, load_network_file
@@ -264,6 +289,13 @@ class Ours:
             session.query(Study).update(
                 {Study.status: StudyStatus.PROCESSED}, synchronize_session=False
             )
+        # Planner statistics as a running hub has them after a bulk load: SQLite's from the
+        # sweep (``refresh_planner_statistics``), PostgreSQL's from autovacuum's analyse.
+        engine = get_engine(settings)
+        if not refresh_planner_statistics(engine):
+            with engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
         return time.perf_counter() - started
 
     def start(self) -> None:
@@ -368,7 +400,20 @@ def requests_for(studies: list[GeneratedStudy], count: int, seed: int = 7) -> li
     return out
 
 
+def query_string(params: dict[str, str]) -> str:
+    """The query as a client types it: QIDO's ``^`` ``*`` ``,`` ``-`` left as they are.
+
+    Orthanc 1.10.1's DICOMweb plugin 1.7 does not percent-decode QIDO values: httpx's
+    ``PatientName=ZHANG%5EWEI%2A`` reached its index as the literal text ``ZHANG%5EWEI%2A`` and
+    matched nothing (seen in its ``--trace`` log), so the PatientName shape compared 0 rows with
+    ours. Both peers get the same raw URL; ours decodes either form alike.
+    """
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='^*,-?')}" for k, v in params.items())
+
+
 def fetch(client: httpx.Client, base: str, request: Request, token: str = "") -> tuple[float, int]:
+    # The same client, headers (bar the bearer token ours needs) and URL for both peers; the
+    # response body is read inside the timing, decoded (JSON) outside it.
     headers = {"Accept": request.accept, "Accept-Encoding": "gzip"}
     url = base + request.path
     if request.root_paths is not None:
@@ -376,8 +421,10 @@ def fetch(client: httpx.Client, base: str, request: Request, token: str = "") ->
         url = root + request.root_paths[0 if token else 1]
     elif token:
         headers["Authorization"] = f"Bearer {token}"
+    if request.params:
+        url += "?" + query_string(request.params)
     started = time.perf_counter()
-    response = client.get(url, params=request.params, headers=headers)
+    response = client.get(url, headers=headers)
     body = response.content
     elapsed = time.perf_counter() - started
     if response.status_code != 200:
@@ -396,6 +443,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(ours: list[Ours], peer: OrthancDicomWeb, requests: list[Request]) -> dict[str, Any]:
     names = [o.name for o in ours] + ["orthanc"]
     times: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    rows: dict[str, dict[str, int]] = {n: {} for n in names}  # QIDO rows returned, per shape
     mismatches: dict[str, int] = {}
     with httpx.Client(timeout=60) as client:
         targets = [(o.name, o.base, o.token) for o in ours] + [("orthanc", peer.base, "")]
@@ -409,9 +457,11 @@ def run(ours: list[Ours], peer: OrthancDicomWeb, requests: list[Request]) -> dic
                 elapsed, count = fetch(client, base, request, token)
                 times[name].setdefault(request.shape, []).append(elapsed * 1000)
                 counts[name] = count
+                if request.shape.startswith("QIDO"):
+                    rows[name][request.shape] = rows[name].get(request.shape, 0) + count
             if request.shape.startswith("QIDO") and len(set(counts.values())) > 1:
                 mismatches[request.shape] = mismatches.get(request.shape, 0) + 1
-    return {"times": times, "mismatches": mismatches}
+    return {"times": times, "rows": rows, "mismatches": mismatches}
 
 
 def report(result: dict[str, Any], ours: list[Ours]) -> None:
@@ -441,10 +491,22 @@ def report(result: dict[str, Any], ours: list[Ours]) -> None:
                 met &= ratio95 <= TARGET_RATIO
             print(f"  {shape:26} p95 {ratio95:6.2f}   p50 {ratio50:6.2f}{note}")
         print(f"  {'TARGET MET' if met else 'BELOW TARGET'} for {o.name}")
+    print()
+    names = [*(o.name for o in ours), "orthanc"]
+    print("QIDO rows returned over all requests of a shape (both sides must match the same rows):")
+    for shape in shapes:
+        if shape.startswith("QIDO"):
+            counts = "  ".join(f"{n} {result['rows'][n].get(shape, 0)}" for n in names)
+            print(f"  {shape:26} {counts}")
     if result["mismatches"]:
         print(f"result counts differed for: {result['mismatches']}")
     else:
         print("result counts agreed on every QIDO request")
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages: every figure is read against them."""
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def postgres_database() -> tuple[str, Any]:
@@ -464,27 +526,54 @@ def postgres_database() -> tuple[str, Any]:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
 
 
+def measure(ours: list[Ours], peer: OrthancDicomWeb, studies: list[GeneratedStudy], n: int) -> None:
+    """Send ``n`` sampled requests per shape to every peer, alternating, and print the report."""
+    requests = requests_for(studies, n)
+    print(f"{len(requests)} requests per peer, alternating peers; load {load()}\n")
+    report(run(ours, peer, requests), ours)
+    print(f"load average after the run: {load()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=150, help="sampled studies per shape")
     parser.add_argument("--db", default="sqlite", help="sqlite, postgres or sqlite,postgres")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="a work directory an earlier --keep run left (SQLite): its studies, our index and "
+        "Orthanc's storage are used as they are, nothing is generated or loaded",
+    )
     args = parser.parse_args(argv)
+    if args.reuse:
+        args.keep, args.db = True, "sqlite"
     if reason := orthanc.available():
         print(f"cannot run: {reason}")
         return 1
     if plugin_path() is None:
         print("cannot run: the Orthanc DICOMweb plugin is not installed (orthanc-dicomweb)")
         return 1
-    workdir = Path(tempfile.mkdtemp(prefix="rdx-bench-dicomweb-"))
+    workdir = args.reuse or Path(tempfile.mkdtemp(prefix="rdx-bench-dicomweb-"))
     peer = OrthancDicomWeb(workdir / "orthanc", free_port(), free_port())
     ours: list[Ours] = []
     cleanups = []
     try:
         started = time.perf_counter()
-        studies = generate(args.studies, workdir / "studies")
         print(f"{orthanc.version()}, DICOMweb plugin {plugin_path()}")
+        if args.reuse:
+            studies = load_studies(workdir / "studies")
+            mine = Ours("sqlite", workdir / "sqlite")
+            mine.start()
+            ours.append(mine)
+            peer.start()
+            if peer.count() != len(studies):
+                raise SystemExit(f"Orthanc holds {peer.count()} instances, not {len(studies)}")
+            print(f"reusing {workdir}: {len(studies)} studies on both sides")
+            measure(ours, peer, studies, args.requests)
+            return 0
+        studies = generate(args.studies, workdir / "studies")
         print(f"generated {len(studies)} studies in {time.perf_counter() - started:.1f} s")
         for kind in args.db.split(","):
             url = ""
@@ -502,9 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         peer.start()
         seconds = load_orthanc(peer, workdir / "studies", len(studies))
         print(f"orthanc: stored {len(studies)} studies in {seconds:.1f} s")
-        requests = requests_for(studies, args.requests)
-        print(f"{len(requests)} requests per peer, alternating peers\n")
-        report(run(ours, peer, requests), ours)
+        measure(ours, peer, studies, args.requests)
         return 0
     finally:
         for mine in ours:

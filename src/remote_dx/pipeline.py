@@ -47,6 +47,7 @@ from remote_dx.core.models import (
     StudyStatus,
     TaskRun,
 )
+from remote_dx.dicomweb import renditions
 from remote_dx.dicomweb.metadata import precompute_study as precompute_metadata
 from remote_dx.ecg.service import ECGOutcome, analyse_waveform, is_ecg_sop_class, record_analysis
 from remote_dx.imaging.preview import PreviewError, has_pixels, has_waveform, render_preview
@@ -154,11 +155,15 @@ def process_study(
 
     headers: list[Dataset] = []
     ecg: ECGOutcome | None = None
+    # Large compressed images' bytes, kept for their decoded renditions below (not read twice).
+    held: dict[str, bytes] = {}
     for ref in refs:
         # Whole objects come back from the store; parsing stops before the pixels to save time.
         data = store.get(ref.object_key)
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         headers.append(ds)
+        if renditions.worth_keeping(ds, header_only=True):
+            held[ref.object_key] = data
         if ecg is None and is_ecg_sop_class(ds.get("SOPClassUID")):
             # The first ECG waveform of the study is analysed (re-acquisitions are new studies).
             ecg = analyse_waveform(data, sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
@@ -167,16 +172,27 @@ def process_study(
     problems = validate_study(headers) if headers else ["The study has no instances"]
 
     key: str | None = None
+    preview_ds: Dataset | None = None
     chosen = _preview_instance(refs, headers)
     if chosen is not None:
         try:
-            ds = pydicom.dcmread(io.BytesIO(store.get(chosen.object_key)))
-            store.put(preview_key(study_uid), render_preview(ds), content_type="image/png")
+            data = held.get(chosen.object_key) or store.get(chosen.object_key)
+            preview_ds = pydicom.dcmread(io.BytesIO(data))
+            store.put(preview_key(study_uid), render_preview(preview_ds), content_type="image/png")
             key = preview_key(study_uid)
         except PreviewError as exc:
             problems.append(f"No preview could be made: {exc}")
     elif headers:
         problems.append("No preview: the study holds neither images nor waveforms")
+
+    # Decoded copies of large compressed images, so a reader's first look needs no decode
+    # (never fails the processing; the preview's dataset has its pixels decoded already).
+    for object_key, data in held.items():
+        if preview_ds is not None and chosen is not None and chosen.object_key == object_key:
+            renditions.keep(store, object_key, preview_ds)
+        else:
+            renditions.keep(store, object_key, pydicom.dcmread(io.BytesIO(data)))
+    held.clear()
 
     # DICOMweb metadata from the headers already read (never fails the processing).
     precompute_metadata(store, study_uid, headers)

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from remote_dx.core.errors import ServiceError
 
@@ -107,17 +108,16 @@ class Part:
     headers: dict[str, str]
     body: bytes
 
+    def read(self) -> bytes:
+        return self.body
+
     @property
     def content_type(self) -> MediaRange:
         return parse_media_type(self.headers.get("content-type", "application/octet-stream"))
 
 
-def parse_multipart(body: bytes, content_type: str | None) -> list[Part]:
-    """Split a ``multipart/related`` request body into its parts (RFC 2046 §5.1.1).
-
-    Raises :class:`UnsupportedMediaType` for another content type and :class:`BadRequest` when
-    the body is not well-formed (no boundary, no closing delimiter, a part without headers).
-    """
+def _delimiter(content_type: str | None) -> bytes:
+    """The part delimiter (``--`` + boundary) of a ``multipart/related`` request body."""
     media = parse_media_type(content_type or "")
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
@@ -127,7 +127,16 @@ def parse_multipart(body: bytes, content_type: str | None) -> list[Part]:
     boundary = media.params.get("boundary")
     if not boundary:
         raise BadRequest("multipart/related without a boundary parameter")
-    delimiter = b"--" + boundary.encode()
+    return b"--" + boundary.encode()
+
+
+def parse_multipart(body: bytes, content_type: str | None) -> list[Part]:
+    """Split a ``multipart/related`` request body into its parts (RFC 2046 §5.1.1).
+
+    Raises :class:`UnsupportedMediaType` for another content type and :class:`BadRequest` when
+    the body is not well-formed (no boundary, no closing delimiter, a part without headers).
+    """
+    delimiter = _delimiter(content_type)
     start = body.find(delimiter)
     if start < 0:
         raise BadRequest("malformed multipart body: the boundary never occurs")
@@ -159,3 +168,122 @@ def parse_multipart(body: bytes, content_type: str | None) -> list[Part]:
     if not parts:
         raise BadRequest("the multipart body holds no parts")
     return parts
+
+
+# -- request bodies spooled to a file (STOW-RS) ----------------------------------------------------
+
+#: A part's header section larger than this is malformed (a DICOM part has one or two headers).
+MAX_PART_HEADERS = 16 * 1024
+_SCAN_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SpooledPart:
+    """One part of a spooled body: its headers and where its content lies in the spool file.
+
+    The content is read only when the part is filed, so memory holds one part at a time,
+    not the whole request.
+    """
+
+    headers: dict[str, str]
+    start: int
+    end: int
+    file: BinaryIO = field(repr=False, compare=False)
+
+    @property
+    def content_type(self) -> MediaRange:
+        return parse_media_type(self.headers.get("content-type", "application/octet-stream"))
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def read(self) -> bytes:
+        self.file.seek(self.start)
+        return self.file.read(self.end - self.start)
+
+
+@dataclass(frozen=True)
+class SpooledBody:
+    """The well-formed parts of a spooled body, in order, and — when the body went wrong after
+    them (truncated, a part without headers) — what was wrong. Parts before the fault are whole
+    (each ends at a delimiter), so they can be stored; nothing after it is guessed at."""
+
+    parts: list[SpooledPart]
+    error: str | None = None
+
+
+def _find_all(file: BinaryIO, needle: bytes) -> list[int]:
+    """Offsets of every occurrence of ``needle`` in ``file``, read a chunk at a time."""
+    file.seek(0)
+    found: list[int] = []
+    carry = b""
+    position = 0  # offset of the next chunk in the file
+    keep = len(needle) - 1
+    while chunk := file.read(_SCAN_CHUNK):
+        buffer = carry + chunk
+        base = position - len(carry)
+        index = buffer.find(needle)
+        while index >= 0:
+            found.append(base + index)
+            index = buffer.find(needle, index + len(needle))
+        # A match cannot lie wholly inside the carried tail, so none is counted twice.
+        carry = buffer[-keep:] if keep else b""
+        position += len(chunk)
+    return found
+
+
+def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
+    file.seek(offset)
+    return file.read(size)
+
+
+def split_spooled(file: BinaryIO, content_type: str | None) -> SpooledBody:
+    """The parts of a spooled ``multipart/related`` body (RFC 2046 §5.1.1), read from ``file``.
+
+    Raises :class:`UnsupportedMediaType` for another content type and :class:`BadRequest` when
+    no part can be read at all; a fault after one or more whole parts is returned in
+    :attr:`SpooledBody.error` with those parts.
+    """
+    delimiter = _delimiter(content_type)
+    # Delimiters after the first are preceded by CRLF (which belongs to the delimiter); the first
+    # may open the body or follow a preamble.
+    starts = [p + 2 for p in _find_all(file, b"\r\n" + delimiter)]
+    if _read_at(file, 0, len(delimiter)) == delimiter:
+        starts.insert(0, 0)
+    if not starts:
+        raise BadRequest("malformed multipart body: the boundary never occurs")
+    parts: list[SpooledPart] = []
+    error: str | None = None
+    for index, start in enumerate(starts):
+        position = start + len(delimiter)
+        if _read_at(file, position, 2) == b"--":
+            break  # the close delimiter
+        if index + 1 == len(starts):
+            error = (
+                f"malformed multipart body: truncated after {len(parts)} whole part(s) "
+                "(no closing boundary)"
+            )
+            break
+        end = starts[index + 1] - 2  # the CRLF before the next delimiter
+        head = _read_at(file, position, min(end - position, MAX_PART_HEADERS))
+        line_end = head.find(b"\r\n")
+        header_end = head.find(b"\r\n\r\n", max(line_end, 0))
+        if line_end < 0 or header_end < 0:
+            error = f"malformed multipart body: part {index + 1} has no header section"
+            break
+        headers: dict[str, str] = {}
+        for line in head[line_end + 2 : header_end].split(b"\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                error = f"malformed multipart body: bad header line {line[:60]!r}"
+                break
+            headers[name.strip().lower()] = value.strip()
+        if error:
+            break
+        parts.append(SpooledPart(headers, position + header_end + 4, end, file))
+    if not parts:
+        raise BadRequest(error or "the multipart body holds no parts")
+    return SpooledBody(parts, error)

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, InvalidInstance, StorageUnavailable
 from remote_dx.core.models import Institution, Role, Study, User
 from remote_dx.dicomweb.access import visible_study
-from remote_dx.dicomweb.multipart import Part, UnsupportedMediaType
+from remote_dx.dicomweb.multipart import Part, SpooledPart, UnsupportedMediaType
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.base import ObjectStore
 
@@ -78,7 +78,7 @@ def _uids(data: bytes) -> tuple[str, str, str]:
         return "", "", ""
 
 
-def check_parts(parts: Sequence[Part]) -> None:
+def check_parts(parts: Sequence[Part | SpooledPart]) -> None:
     for part in parts:
         media = part.content_type
         if media.type != "application/dicom":
@@ -88,7 +88,7 @@ def check_parts(parts: Sequence[Part]) -> None:
 
 
 def store_instances(
-    parts: Sequence[Part],
+    parts: Sequence[Part | SpooledPart],
     *,
     user: User,
     sessions: sessionmaker[Session],
@@ -105,7 +105,8 @@ def store_instances(
         sender = Sender(None, institution.id, institution.code, "")
     unavailable = 0
     for part in parts:
-        sop_class, sop_uid, part_study = _uids(part.body)
+        data = part.read()  # one part in memory at a time (a spooled body stays on disk)
+        sop_class, sop_uid, part_study = _uids(data)
         reason, comment = 0, ""
         if study_uid is not None and part_study and part_study != study_uid:
             reason, comment = DOES_NOT_MATCH, f"instance of study {part_study}, not {study_uid}"
@@ -118,7 +119,7 @@ def store_instances(
                     reason, comment = NOT_AUTHORIZED, f"a {role.value} may not create studies"
         if not reason:
             try:
-                filed = file_instance(part.body, store=store, sessions=sessions, sender=sender)
+                filed = file_instance(data, store=store, sessions=sessions, sender=sender)
                 result.stored.append(
                     (sop_class, filed.sop_instance_uid, filed.study_uid, filed.series_uid)
                 )

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from remote_dx.core.errors import Invalid, NotFound
+from remote_dx.dicomweb import renditions
 from remote_dx.dicomweb.access import InstanceRef
 from remote_dx.dicomweb.cache import cached_get
 from remote_dx.dicomweb.multipart import BadRequest, NotAcceptable, parse_accept
@@ -197,6 +201,132 @@ def frames(ds: Dataset, numbers: Sequence[int], plan: Plan) -> list[bytes]:
     return [bytes(data[(n - 1) * size : n * size]) for n in numbers]
 
 
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where each frame's bytes lie in a stored object, as it is stored (no decoding).
+
+    Found once per object (one parse) and kept, so later frame requests slice the stored bytes
+    instead of parsing the whole data set again: a viewer asks for every frame of a series, one
+    request each.
+    """
+
+    ranges: tuple[tuple[int, int], ...]  # (start, end) of frame 1, 2, … in the Part 10 bytes
+
+
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
+_SEQUENCE_END = 0xE0DDFFFE
+
+
+def _fragments(data: bytes, start: int) -> list[tuple[int, int]] | None:
+    """Byte ranges of the fragments of encapsulated Pixel Data whose value starts at ``start``
+    (PS3.5 A.4: a Basic Offset Table item, then one item per fragment, then a delimiter)."""
+    position, found, first = start, [], True
+    while position + 8 <= len(data):
+        tag, length = struct.unpack_from("<II", data, position)
+        position += 8
+        if tag == _SEQUENCE_END:
+            return found
+        if tag != _ITEM or length == 0xFFFFFFFF or position + length > len(data):
+            return None
+        if not first:
+            found.append((position, position + length))
+        first = False
+        position += length
+    return None
+
+
+def frame_layout(data: bytes) -> FrameLayout | None:
+    """The frames' byte ranges in ``data`` (a Part 10 object), or None when they cannot be
+    sliced out as stored: big endian, several fragments per frame, no Pixel Data."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        element = ds.get_item(0x7FE00010)
+    except Exception:  # whatever cannot be parsed here is left to the full path's errors
+        return None
+    if element is None:
+        return None
+    # Where the value starts in ``data``: a deferred (raw) element's value_tell, a read one's
+    # file_tell (pydicom records the value's offset in both).
+    tell = getattr(element, "value_tell", None)
+    if tell is None:
+        tell = getattr(element, "file_tell", None)
+    if tell is None:
+        return None
+    starts = [int(tell)]
+    count = frame_count(ds)
+    if syntax.is_encapsulated:
+        for start in starts:
+            fragments = _fragments(data, start)
+            if fragments is not None:
+                return FrameLayout(tuple(fragments)) if len(fragments) == count else None
+        return None
+    if not _is_native_le(str(syntax)) or "PixelData" not in ds:
+        return None
+    size = _native_frame_size(ds)
+    value = ds.PixelData
+    if len(value) < size * count:
+        return None
+    for start in starts:  # the start whose bytes are the value
+        if data[start : start + len(value)] == value:
+            return FrameLayout(
+                tuple((start + i * size, start + i * size + size) for i in range(count))
+            )
+    return None
+
+
+class _Layouts:
+    """Frame layouts of recently read objects by object key (stored objects never change)."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, FrameLayout | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, data: bytes) -> FrameLayout | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        layout = frame_layout(data)
+        with self._lock:
+            self._items[key] = layout
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return layout
+
+
+_layouts = _Layouts()
+
+
+def stored_frames(
+    store: ObjectStore, ref: InstanceRef, numbers: Sequence[int], plan: Plan
+) -> list[bytes]:
+    """The requested frames as ``plan`` says: sliced out of the stored bytes by their layout
+    when they go out as stored, else through a full parse (:func:`frames`)."""
+    expensive = ref.transfer_syntax_uid in renditions.EXPENSIVE_SYNTAXES
+    if plan.transcode and expensive and list(numbers) == [1]:
+        kept = renditions.get(store, ref.object_key, 1)
+        if kept is not None:
+            return [kept]
+    data = cached_get(store, ref.object_key)
+    if not plan.transcode:
+        layout = _layouts.get(ref.object_key, data)
+        if layout is not None:
+            count = len(layout.ranges)
+            for number in numbers:
+                if number > count:
+                    raise NotFound(f"frame {number} not found: the instance has {count}")
+            return [data[slice(*layout.ranges[n - 1])] for n in numbers]
+    ds = pydicom.dcmread(io.BytesIO(data))
+    answer = frames(ds, numbers, plan)
+    if plan.transcode and expensive and list(numbers) == [1] and renditions.worth_keeping(ds):
+        # Decoded here because processing kept none (an instance from before renditions, or
+        # asked for before its study was processed): keep it for the next reader.
+        renditions.keep_decoded(store, ref.object_key, answer[0])
+    return answer
+
+
 def _native_frame_size(ds: Dataset) -> int:
     rows, columns = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -206,12 +336,11 @@ def _native_frame_size(ds: Dataset) -> int:
 
 def _decoded_frame(ds: Dataset, index: int) -> bytes:
     try:
-        arr = pixel_array(ds, index=index) if frame_count(ds) > 1 else ds.pixel_array
+        return renditions.decoded_frame(ds, index)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         raise NotAcceptable(
             f"cannot decode {ds.file_meta.TransferSyntaxUID} to {EXPLICIT_LE}: {exc}"
         ) from exc
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
 def bulk_value(ds: Dataset, path: str) -> bytes:

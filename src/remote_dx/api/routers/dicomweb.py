@@ -9,12 +9,15 @@ HTTP onto it. docs/dicomweb.md lists the conformance (what OHIF's DICOMweb data 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from remote_dx.api.deps import PATIENT_DATA, CurrentUser, DbSession, Store
 from remote_dx.core.models import User
@@ -27,9 +30,11 @@ from remote_dx.dicomweb.multipart import (
     new_boundary,
     parse_accept,
     parse_media_type,
-    parse_multipart,
+    split_spooled,
 )
 from remote_dx.storage.base import ObjectStore
+
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"], dependencies=[PATIENT_DATA])
 
@@ -242,8 +247,7 @@ def retrieve_frames(
     numbers = wado.parse_frame_list(frame_list)
     (ref,) = service.refs_for(session, user, study_uid, series_uid, sop_uid)
     plan = wado.frame_plan(accept, ref.transfer_syntax_uid)
-    ds = wado.load(store, ref)
-    data = wado.frames(ds, numbers, plan)
+    data = wado.stored_frames(store, ref, numbers, plan)
     part_type = f"{plan.media_type}; transfer-syntax={plan.transfer_syntax}"
     return _multipart([(frame, {"Content-Type": part_type}) for frame in data], plan.media_type)
 
@@ -499,35 +503,81 @@ def retrieve_instance(
 # -- STOW-RS (PS3.18 §10.5) -----------------------------------------------------------------------
 
 
+async def _spool(request: Request) -> tuple[BinaryIO, bool]:
+    """The request body in a temporary file (memory up to :data:`SPOOL_IN_MEMORY`, then disk
+    under the data directory): (file, whether the client went away before the end)."""
+    directory = Path(request.app.state.settings.data_dir) / "tmp"
+    directory.mkdir(parents=True, exist_ok=True)
+    # Closed by the caller once the parts are filed.
+    file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+        max_size=SPOOL_IN_MEMORY, dir=directory, prefix="stow-"
+    )
+    disconnected = False
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                file.write(chunk)  # into the page cache: short enough for the event loop
+    except ClientDisconnect:
+        disconnected = True
+    except BaseException:
+        file.close()
+        raise
+    return file, disconnected  # type: ignore[return-value]
+
+
 async def _stow(
     request: Request, user: User, store: ObjectStore, accept: str | None, study_uid: str | None
 ) -> Response:
     _json_accepted(accept)
     content_type = request.headers.get("content-type")
     media = parse_media_type(content_type or "")
-    if media.type == "multipart/related" and media.part_type not in (None, wado.DICOM):
+    if media.type != "multipart/related":
+        raise UnsupportedMediaType(
+            f'Content-Type must be multipart/related; type="{wado.DICOM}", not '
+            f"{content_type or 'absent'}"
+        )
+    if media.part_type not in (None, wado.DICOM):
         raise UnsupportedMediaType(
             f'only type="{wado.DICOM}" is stored (PS3.10 files), not {media.part_type}'
         )
-    parts = parse_multipart(await request.body(), content_type)
-    stow.check_parts(parts)
-    result = await run_in_threadpool(
-        stow.store_instances,
-        parts,
-        user=user,
-        sessions=request.app.state.sessions,
-        store=store,
-        base=_base(request),
-        study_uid=study_uid,
-    )
-    headers = {"Retry-After": "5"} if result.status_code == 503 else None
-    body = json.dumps(result.body, separators=(",", ":")).encode()
-    return Response(body, status_code=result.status_code, media_type=DICOM_JSON, headers=headers)
+    # Spooled, not held in memory: a study of hundreds of images is one request. Parts are read
+    # one at a time as they are filed.
+    file, disconnected = await _spool(request)
+    try:
+        body = await run_in_threadpool(split_spooled, file, content_type)
+        stow.check_parts(body.parts)
+        result = await run_in_threadpool(
+            stow.store_instances,
+            body.parts,
+            user=user,
+            sessions=request.app.state.sessions,
+            store=store,
+            base=_base(request),
+            study_uid=study_uid,
+        )
+    finally:
+        file.close()
+    headers = {"Retry-After": "5"} if result.status_code == 503 else {}
+    status_code = result.status_code
+    if body.error is not None:
+        # The whole parts before the fault are stored and listed in the body; the request as a
+        # whole was malformed (PS3.18 §10.5.3: 400), and the Warning header says where.
+        status_code = 400
+        stored = len(result.stored)
+        reason = "the client disconnected; " if disconnected else ""
+        headers["Warning"] = (
+            f'299 remote_dx "{reason}{body.error}; {stored} instance(s) before it were stored"'
+        )
+    payload = json.dumps(result.body, separators=(",", ":")).encode()
+    return Response(payload, status_code=status_code, media_type=DICOM_JSON, headers=headers)
 
 
 _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "Some instances stored, some failed (see Failed SOP Sequence)"},
-    400: {"description": "Malformed multipart body"},
+    400: {
+        "description": "Malformed multipart body; whole parts before the fault are stored and "
+        "listed (Warning header)"
+    },
     409: {"description": "No instance stored (see Failed SOP Sequence)"},
     415: {"description": 'Not multipart/related; type="application/dicom"'},
     503: {"description": "Storage or database unavailable; retry"},
