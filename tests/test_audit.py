@@ -361,14 +361,16 @@ def test_parallel_requests_keep_one_chain(any_backend: Settings) -> None:
     headers = _bearer(client, "county_reader")
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def work(thread: int) -> None:
         try:
-            for _ in range(5):
-                assert client.get("/api/v1/worklist", headers=headers).status_code == 200
+            for i in range(5):
+                # Each a different search (a repeated one is covered by its first record).
+                url = f"/api/v1/worklist?offset={thread * 5 + i}"
+                assert client.get(url, headers=headers).status_code == 200
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -402,6 +404,43 @@ def test_repeated_reads_of_a_study_are_covered_by_one_record(
         assert client.get(f"/api/v1/studies/{routed_study}", headers=province).status_code == 404
     assert len(_records(db, username="county_supervisor", object_id=routed_study)) == 1
     assert len(_records(db, username="province_reader", object_id=routed_study)) == 2
+
+
+def test_a_repeated_search_is_covered_by_its_first_record(
+    settings: Settings, db: sessionmaker[Session]
+) -> None:
+    # The worklist page re-reads itself on every live event: the same query, one record.
+    client = TestClient(create_app(settings))
+    reader = _bearer(client, "county_reader")
+    for _ in range(4):
+        assert client.get("/api/v1/worklist?limit=50", headers=reader).status_code == 200
+    assert client.get("/api/v1/worklist?limit=20", headers=reader).status_code == 200
+    for _ in range(2):
+        assert client.get("/dicom-web/studies?PatientID=X1", headers=reader).status_code == 200
+    assert client.get("/dicom-web/studies?PatientID=X2", headers=reader).status_code == 200
+    with db() as session:
+        paths = [
+            (r.path, r.detail.get("query"), "covers_reads_for_seconds" in r.detail)
+            for r in session.scalars(
+                select(AuditRecord)
+                .where(
+                    AuditRecord.username == "county_reader",
+                    AuditRecord.path.in_(["/api/v1/worklist", "/dicom-web/studies"]),
+                )
+                .order_by(AuditRecord.seq)
+            )
+        ]
+    assert paths == [
+        ("/api/v1/worklist", "limit=50", True),
+        ("/api/v1/worklist", "limit=20", True),
+        ("/dicom-web/studies", "PatientID=X1", True),
+        ("/dicom-web/studies", "PatientID=X2", True),
+    ]
+
+    # Another user's identical search is theirs to account for.
+    province = _bearer(client, "province_reader")
+    assert client.get("/api/v1/worklist?limit=50", headers=province).status_code == 200
+    assert len(_records(db, username="province_reader", path="/api/v1/worklist")) == 1
 
 
 def test_coalescing_can_be_switched_off(

@@ -104,6 +104,11 @@ def _web_url(settings: Settings) -> str:
     return f"http://{host}:{settings.http_port}"
 
 
+def _level(settings: Settings) -> int:
+    level = logging.getLevelName(settings.log_level.upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
 def _serve_http(settings: Settings) -> None:
     """Run uvicorn on the settings' host/port until a signal; returns when it has shut down."""
     from remote_dx.api.app import create_app
@@ -116,6 +121,13 @@ def _serve_http(settings: Settings) -> None:
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn formats an access line per request even when its level is filtered out; at
+        # WARNING and above nobody reads them (our middleware logs errors and slow answers).
+        access_log=_level(settings) <= logging.INFO,
+        # httptools and uvloop when installed (the "auto" choices): C parsing and event loop
+        # instead of h11 and asyncio's pure-Python selector loop, less CPU per request.
+        http="auto",
+        loop="auto",
     )
     uvicorn.Server(config).run()
 

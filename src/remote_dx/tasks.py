@@ -49,7 +49,7 @@ from sqlalchemy.exc import OperationalError
 from remote_dx import filesystem_broker, pipeline
 from remote_dx.core import db as core_db
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_sessionmaker
+from remote_dx.core.db import get_engine, get_sessionmaker, refresh_planner_statistics
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.ingest.study import (
@@ -350,6 +350,11 @@ class Sweeper:
 
         for delivery_id in reconcile_deliveries(sessions, settings, now):
             enqueue_delivery(delivery_id)
+        try:
+            # SQLite's query planner needs statistics someone gathers (see the function).
+            refresh_planner_statistics(get_engine(settings))
+        except Exception:
+            log.exception("planner statistics not refreshed; retried on the next sweep")
         return result
 
     def _loop(self) -> None:

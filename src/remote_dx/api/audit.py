@@ -21,7 +21,9 @@ Not audited: liveness/readiness, metrics, API docs and static files (no patient 
 A viewer reads a study as hundreds of requests (metadata, every frame, thumbnails). Successful
 reads of one study by one user from one address within ``audit_coalesce_seconds`` are covered by
 the first one's record, as ATNA's "DICOM Instances Accessed" event covers a study's instances in
-one message; the record says so in its detail. Refusals, writes and searches are always recorded.
+one message; the record says so in its detail. So are the same user's repeats of the same
+worklist or QIDO-RS search (same query string): a worklist page re-reads itself on every live
+event. Refusals, writes and every different search are always recorded.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections import OrderedDict
 from typing import Any
 
 import anyio
-from sqlalchemy import create_engine, select
+from sqlalchemy import bindparam, create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -162,20 +164,73 @@ class AuditMiddleware:
         route = scope.get("route")
         if route is None or isinstance(route, Mount):
             return True  # no route matched (plain 404) or a static file: nothing to audit
-        reads = _recent_reads(scope)
-        key = _read_key(scope, status, content_type)
-        if key is not None and reads.covered(key):
-            return True
-        try:
-            await anyio.to_thread.run_sync(_write_record, scope, status, content_type)
-        except Exception:
-            log.exception(
-                "audit record for %s %s could not be written", scope["method"], scope["path"]
-            )
-            return False
-        if key is not None:
-            reads.remember(key)
-        return True
+        if (scope.get("state") or {}).get("audit_written") == (status, content_type):
+            return True  # the endpoint wrote this answer's record itself (write_for_answer)
+        covered, key = _coalesced(scope, status, content_type)
+        if covered:
+            return True  # decided on the event loop: a covered read costs no thread hop
+        return await anyio.to_thread.run_sync(_record, scope, status, content_type, key)
+
+
+def write_for_answer(request: Any, status: int, content_type: str) -> bool:
+    """Write the audit record of the answer an endpoint is about to give, in the endpoint's own
+    worker thread; False if it cannot be written (the endpoint then answers
+    :func:`unavailable_response` instead of the data).
+
+    The hot reads (worklist page, study) do their whole work in one thread-pool call; writing
+    their record there spares the middleware's own hop to a thread for it. The record is the one
+    the middleware would write (same action, coalescing, fields), and the middleware skips it.
+    """
+    scope = request.scope
+    covered, key = _coalesced(scope, status, content_type)
+    if not covered and not _record(scope, status, content_type, key):
+        return False
+    request.state.audit_written = (status, content_type)
+    return True
+
+
+def _coalesced(scope: Scope, status: int, content_type: str) -> tuple[bool, tuple[Any, ...] | None]:
+    """(whether an earlier record covers this answer, the answer's coalescing key or None)."""
+    key = _read_key(scope, status, content_type)
+    return key is not None and _recent_reads(scope).covered(key), key
+
+
+def _record(scope: Scope, status: int, content_type: str, key: tuple[Any, ...] | None) -> bool:
+    """Write the answer's record (blocking) and remember its coalescing ``key``; False (logged)
+    when it cannot be written."""
+    try:
+        _write_record(scope, status, content_type, coalescing=key is not None)
+    except Exception:
+        log.exception("audit record for %s %s could not be written", scope["method"], scope["path"])
+        return False
+    if key is not None:
+        _recent_reads(scope).remember(key)
+    return True
+
+
+JSON = "application/json"
+
+
+def audited_json(request: Any, model: Any) -> Any:
+    """``model`` as a JSON answer (the bytes FastAPI's own serialisation of a response model
+    gives), its audit record written first; 503 instead if the record cannot be written."""
+    from starlette.responses import Response
+
+    body = model.__pydantic_serializer__.to_json(model)
+    if not write_for_answer(request, 200, JSON):
+        return unavailable_response()
+    return Response(body, media_type=JSON)
+
+
+def unavailable_response() -> Any:
+    """The 503 answered instead of data whose audit record could not be written."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(
+        {"detail": "the audit trail cannot be written right now; retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 class RecentReads:
@@ -208,22 +263,35 @@ def _recent_reads(scope: Scope) -> RecentReads:
     return reads
 
 
+#: Searches a reader's screen repeats as they are: the worklist refreshing on its events, a
+#: viewer's QIDO-RS re-asked. The same query string from the same user and address within the
+#: window is covered by the first record (each different query still gets its own).
+REPEATED_SEARCHES = frozenset(
+    {"/api/v1/worklist", "/dicom-web/studies", "/dicom-web/series", "/dicom-web/instances"}
+)
+
+
 def _read_key(scope: Scope, status: int, content_type: str) -> tuple[Any, ...] | None:
-    """The coalescing key of a successful read of one study by a known user, else None."""
+    """The coalescing key of a successful read of one study, or of a repeated search
+    (:data:`REPEATED_SEARCHES`), by a known user; else None."""
     if status >= 400 or scope["method"] not in ("GET", "HEAD"):
         return None
     if scope["app"].state.settings.audit_coalesce_seconds <= 0:
         return None
     state: dict[str, Any] = scope.get("state") or {}
     actor = state.get("audit_user")
-    study_uid = _study_uid(scope.get("path_params") or {})
-    if actor is None or study_uid is None or (state.get("audit") or {}).get("action"):
-        return None  # anonymous, not about one study, or a step a router named (export, …)
+    if actor is None or (state.get("audit") or {}).get("action"):
+        return None  # anonymous, or a step a router named (export, …)
     route_path = getattr(scope["route"], "path", scope["path"])
+    study_uid = _study_uid(scope.get("path_params") or {})
+    if study_uid is None and route_path not in REPEATED_SEARCHES:
+        return None
     action = _action(scope["method"], route_path, content_type, None)
     if action not in ("view", "download"):
         return None
     client = (scope.get("client") or (None,))[0]
+    if study_uid is None:
+        return (actor[0], client, route_path, scope.get("query_string", b""), action)
     return (actor[0], client, study_uid, action)
 
 
@@ -259,12 +327,23 @@ def audit_sessions(url: str) -> sessionmaker[Session]:
                 # Writes are short and serialised by the chain head anyway: a small pool keeps
                 # the audit engine from doubling each process's server connections, and more
                 # connections would only queue on the head's row lock while holding a backend.
-                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+                # No pre-ping (a round trip per record): core.audit retries an append once on a
+                # connection found dead, e.g. after a PostgreSQL restart.
+                engine = create_engine(url, pool_size=2, max_overflow=2)
             core_db._engines[key] = engine
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def _write_record(scope: Scope, status: int, content_type: str) -> None:
+# Built once (cache keys too): the lookups of every audited request.
+_INSTITUTION_CODE = select(Institution.code).where(Institution.id == bindparam("id"))
+_STUDY_PATIENT = (
+    select(Patient.patient_id, Patient.issuer)
+    .join(Study, Study.patient_pk == Patient.id)
+    .where(Study.study_uid == bindparam("study_uid"))
+)
+
+
+def _write_record(scope: Scope, status: int, content_type: str, *, coalescing: bool) -> None:
     app = scope["app"]
     sessions = audit_sessions(app.state.settings.resolved_database_url)
     state: dict[str, Any] = scope.get("state") or {}
@@ -285,7 +364,7 @@ def _write_record(scope: Scope, status: int, content_type: str) -> None:
     if query:
         detail["query"] = query[:1000]
     detail.update(noted.pop("detail", {}))
-    if _read_key(scope, status, content_type) is not None:
+    if coalescing:
         window = app.state.settings.audit_coalesce_seconds
         detail["covers_reads_for_seconds"] = window
     event.detail = detail
@@ -300,17 +379,15 @@ def _write_record(scope: Scope, status: int, content_type: str) -> None:
     for name in ("patient", "object_type", "object_id"):
         if name in noted:
             setattr(event, name, noted.pop(name))
+    known = state.get("audit_institution")
+    if institution_id is not None and known is not None and known[0] == institution_id:
+        # current_user read the code with the user row: no second lookup.
+        event.institution, institution_id = known[1], None
     with sessions() as session:
         if institution_id is not None:
-            event.institution = session.scalar(
-                select(Institution.code).where(Institution.id == institution_id)
-            )
+            event.institution = session.scalar(_INSTITUTION_CODE, {"id": institution_id})
         if event.patient is None and event.object_type == "study" and event.object_id:
-            row = session.execute(
-                select(Patient.patient_id, Patient.issuer)
-                .join(Study, Study.patient_pk == Patient.id)
-                .where(Study.study_uid == event.object_id)
-            ).first()
+            row = session.execute(_STUDY_PATIENT, {"study_uid": event.object_id}).first()
             if row is not None:
                 event.patient = patient_key(row[0], row[1])
     # Concurrent requests' records share one transaction (one head lock, one commit flush).

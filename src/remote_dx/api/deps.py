@@ -6,29 +6,35 @@ module globals, so two apps with different settings can live in one process (tes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from remote_dx.api.security import AuthenticationError, decode_access_token, token_is_revoked
-from remote_dx.core.models import Role, User
+from remote_dx.core.models import Institution, Role, User
 from remote_dx.core.settings import Settings
 from remote_dx.storage.base import ObjectStore
 
 TOKEN_URL = "/api/v1/auth/token"
+T = TypeVar("T")
 
 # auto_error=False: a missing header gets our own message instead of FastAPI's "Not authenticated".
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-def get_app_settings(request: Request) -> Settings:
+# Plain reads of app.state are ``async def``: FastAPI runs a ``def`` dependency in its thread
+# pool, a hop that costs more CPU than the dependency itself.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
@@ -52,6 +58,14 @@ def unauthorized(message: str) -> HTTPException:
     )
 
 
+# Built once (its cache key too): it runs on every authenticated request.
+_USER_WITH_CODE = (
+    select(User, Institution.code)
+    .outerjoin(Institution, Institution.id == User.institution_id)
+    .where(User.id == bindparam("user_id"))
+)
+
+
 def _user_from_bearer(request: Request, session: Session, token: str) -> User:
     settings = request.app.state.settings
     oidc = getattr(request.app.state, "oidc", None)
@@ -66,29 +80,82 @@ def _user_from_bearer(request: Request, session: Session, token: str) -> User:
         if user is None:
             raise unauthorized("invalid token: no local user for this sign-in")
         return user
-    try:
-        claims = decode_access_token(token, secret=request.app.state.jwt_secret, settings=settings)
-    except AuthenticationError as exc:
-        raise unauthorized(str(exc)) from exc
-    user = session.get(User, claims.user_id)
+    early = getattr(request.state, "bearer_claims", None)
+    if early is not None and early[0] == token:
+        claims = early[1]  # checked_token decoded it already
+    else:
+        try:
+            claims = decode_access_token(
+                token, secret=request.app.state.jwt_secret, settings=settings
+            )
+        except AuthenticationError as exc:
+            raise unauthorized(str(exc)) from exc
+    # The user with its institution's code, in one query: the audit record needs the code and
+    # would otherwise look it up again.
+    row = session.execute(_USER_WITH_CODE, {"user_id": claims.user_id}).first()
+    user = None if row is None else row[0]
     if user is None or user.username != claims.username:
         raise unauthorized("invalid token: unknown user")
     if token_is_revoked(user, claims):
         raise unauthorized("token has been revoked; log in again")
+    request.state.audit_institution = (user.institution_id, row[1])
     return user
 
 
-def current_user(
-    request: Request,
-    session: DbSession,
-    token: Annotated[str | None, Depends(_bearer)],
-) -> User:
+BearerToken = Annotated[str | None, Depends(_bearer)]
+
+
+def current_user(request: Request, session: DbSession, token: BearerToken) -> User:
     """The active user the bearer token names, else 401.
 
     The user row is read on every request so that disabling an account, a password reset or a
     role change takes effect at once. The user is also noted on ``request.state`` for the audit
     trail (:mod:`remote_dx.api.audit`).
     """
+    return authenticate(request, session, token)
+
+
+async def checked_token(request: Request, token: BearerToken) -> str:
+    """The bearer token, refused with 401 here when it is missing or not a valid token of ours
+    (signature, expiry), so that these answers come before any parameter validation, as with
+    :func:`current_user`. Whether its user may still act is :func:`authenticate`'s question."""
+    if not token:
+        raise unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
+    oidc = getattr(request.app.state, "oidc", None)
+    if oidc is not None and oidc.claims_token(token):
+        return token  # checked against the provider's keys by authenticate
+    settings = request.app.state.settings
+    try:
+        claims = decode_access_token(token, secret=request.app.state.jwt_secret, settings=settings)
+    except AuthenticationError as exc:
+        raise unauthorized(str(exc)) from exc
+    request.state.bearer_claims = (token, claims)
+    return token
+
+
+CheckedToken = Annotated[str, Depends(checked_token)]
+
+
+# Hot reads run at most this many at a time per process: fewer than the request pool's 10
+# connections, so they never open overflow connections (each a PostgreSQL backend forked for one
+# request and closed after it: more CPU than the request), and no more threads contend for the
+# GIL than the two cores can serve. The others wait their turn on the event loop.
+HOT_READS_AT_ONCE = 8
+
+
+async def run_hot(request: Request, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a worker thread, at most :data:`HOT_READS_AT_ONCE` at a time."""
+    state = request.app.state
+    limiter = getattr(state, "hot_reads_limiter", None)
+    if limiter is None:
+        limiter = state.hot_reads_limiter = anyio.CapacityLimiter(HOT_READS_AT_ONCE)
+    return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=limiter)
+
+
+def authenticate(request: Request, session: Session, token: str | None) -> User:
+    """:func:`current_user` for endpoints that do their work in one thread-pool call: the hot
+    reads (worklist page, study) take the token with :data:`CheckedToken` and call this in that
+    call, instead of paying a thread hop per dependency (session, user, endpoint, answer)."""
     if not token:
         raise unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
     user = _user_from_bearer(request, session, token)
@@ -106,7 +173,7 @@ def require_roles(*roles: Role) -> Callable[[User], User]:
     allowed = frozenset(roles)
     names = ", ".join(sorted(r.value for r in allowed))
 
-    def check(user: CurrentUser) -> User:
+    async def check(user: CurrentUser) -> User:  # no I/O: no thread-pool hop
         if Role(user.role) not in allowed:
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,

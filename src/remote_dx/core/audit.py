@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Integer, Select, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.clock import utcnow
@@ -231,43 +231,82 @@ _appenders: dict[str, _GroupAppender] = {}
 _appenders_guard = threading.Lock()
 
 
+# Built once, with bound parameters: an append is on every audited request.
+_HEAD = AuditChainHead.__table__
+_BUMP_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ID)
+    .values(last_seq=_HEAD.c.last_seq + bindparam("count", type_=Integer))
+    .returning(_HEAD.c.last_seq, _HEAD.c.last_hash)
+)
+_SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(last_hash=bindparam("last_hash"))
+_INSERT_RECORDS = insert(AuditRecord.__table__)
+
+
+def _link(
+    session: Session, batch: list[tuple[AuditEvent, dict[str, Any]]]
+) -> list[AuditRecord] | None:
+    """Add ``batch`` as the next links of the chain in ``session``'s transaction (not
+    committed); None when the head row does not exist yet.
+
+    Core statements on the tables, not the ORM's unit of work: an append is on every audited
+    request, and flushing mapped objects cost more CPU than the three statements themselves.
+    """
+    row = session.execute(_BUMP_HEAD, {"count": len(batch)}).first()
+    if row is None:
+        return None
+    seq, prev_hash = int(row[0]) - len(batch), str(row[1])
+    rows = []
+    for event, detail in batch:
+        seq += 1
+        values = {"seq": seq, "recorded_at": utcnow(), **_row(event, detail)}
+        values["prev_hash"] = prev_hash
+        values["hash"] = prev_hash = record_hash(values, prev_hash)
+        rows.append(values)
+    session.execute(_INSERT_RECORDS, rows)
+    session.execute(_SET_HEAD_HASH, {"last_hash": prev_hash})
+    return [AuditRecord(**values) for values in rows]
+
+
+def append_in(session: Session, event: AuditEvent) -> AuditRecord:
+    """Write ``event`` as the next record of the chain inside the caller's open transaction.
+
+    For changes made outside an HTTP request (the overdue sweeper's escalations): the record
+    and the change commit or roll back together, so no change is left unaudited. The head's
+    row lock is then held until the caller commits; keep that transaction short.
+    """
+    detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
+    records = _link(session, [(event, detail)])
+    if records is None:
+        _ensure_head(session)
+        records = _link(session, [(event, detail)])
+        if records is None:
+            raise RuntimeError("the audit chain head cannot be created")
+    return records[0]
+
+
 def _append_batch(
     sessions: sessionmaker[Session], batch: list[tuple[AuditEvent, dict[str, Any]]]
 ) -> list[AuditRecord]:
     engine = sessions.kw["bind"]
     with write_lock(engine):
-        for attempt in range(2):
-            with sessions() as session:
-                row = session.execute(
-                    update(AuditChainHead)
-                    .where(AuditChainHead.id == HEAD_ID)
-                    .values(last_seq=AuditChainHead.last_seq + len(batch))
-                    .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
-                ).first()
-                if row is None:
-                    if attempt:
-                        raise RuntimeError("the audit chain head cannot be created")
-                    _ensure_head(session)
+        for attempt in range(3):
+            try:
+                with sessions() as session:
+                    records = _link(session, batch)
+                    if records is None:
+                        if attempt:
+                            raise RuntimeError("the audit chain head cannot be created")
+                        _ensure_head(session)
+                        session.commit()
+                        continue
                     session.commit()
-                    continue
-                seq, prev_hash = int(row[0]) - len(batch), str(row[1])
-                records = []
-                for event, detail in batch:
-                    seq += 1
-                    record = AuditRecord(
-                        seq=seq, recorded_at=utcnow(), prev_hash=prev_hash, **_row(event, detail)
-                    )
-                    record.hash = prev_hash = record_hash(_fields(record), prev_hash)
-                    records.append(record)
-                session.add_all(records)
-                session.flush()
-                session.execute(
-                    update(AuditChainHead)
-                    .where(AuditChainHead.id == HEAD_ID)
-                    .values(last_hash=prev_hash)
-                )
-                session.commit()
-                return records
+                    return records
+            except DBAPIError as exc:
+                # A pooled connection the server closed (restart): nothing was written on it;
+                # the pool has dropped it, so the retry gets a fresh one.
+                if not exc.connection_invalidated or attempt:
+                    raise
     raise AssertionError("unreachable")
 
 

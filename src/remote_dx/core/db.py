@@ -185,7 +185,10 @@ class _WalSync:
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                os.fsync(fd)
+                # fdatasync, as SQLite itself syncs its WAL on Linux: once the WAL has reached
+                # its working size after a checkpoint, commits overwrite blocks it already has,
+                # and no file system journal commit (for the file's times) rides on each flush.
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
             ok = True
@@ -284,4 +287,43 @@ def deferred_flush_raw(engine: Engine, connection: Any) -> bool:
         finally:
             cursor.close()
         info[_FLAG] = True
+    return True
+
+
+# -- planner statistics on SQLite ------------------------------------------------------------
+#
+# SQLite plans without statistics until ANALYZE has run, and nothing runs it on its own (the
+# self-maintaining ``PRAGMA optimize=0x10002`` needs SQLite 3.46; Debian 12 ships 3.40). Without
+# them a reader's scoped QIDO search by Accession Number walked every worklist item of the
+# reader's pool instead of using the accession index (10,000 studies: 5.8 → 2.8 ms after ANALYZE;
+# by Patient ID 8.3 → 1.3 ms). PostgreSQL's autovacuum keeps its own statistics.
+
+_analyzed: dict[str, int] = {}
+_analyzed_guard = threading.Lock()
+
+
+def refresh_planner_statistics(engine: Engine, *, growth: float = 0.25) -> bool:
+    """Run ``ANALYZE`` on a SQLite database whose studies grew by ``growth`` (or by 100) since
+    this process last did, or that has never been analysed; ``True`` when it ran.
+
+    Called by the periodic sweep: on a county hub's volumes (~60 studies a day) it runs a few
+    times a year once the hub is full; a bulk load or a restore is analysed on the next sweep.
+    """
+    path = sqlite_file(engine)
+    if path is None:
+        return False
+    with engine.connect() as conn:
+        studies = int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM studies").scalar())
+        has_stats = conn.exec_driver_sql(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        ).scalar()
+    with _analyzed_guard:
+        last = _analyzed.get(path)
+    if has_stats and last is not None and studies < last * (1 + growth) + 100:
+        return False
+    with write_lock(engine), engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+    with _analyzed_guard:
+        _analyzed[path] = studies
     return True

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.core import audit as audit_chain
 from remote_dx.core import errors
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
@@ -34,6 +35,7 @@ from remote_dx.core.models import (
     ConsultationStatus,
     Institution,
     InstitutionLevel,
+    Patient,
     Role,
     Study,
     User,
@@ -419,7 +421,12 @@ def escalate_overdue(
         if not overdue:
             return []
         rules = rules or active_rules(session)
-        parent_of = dict(session.execute(select(Institution.id, Institution.parent_id)).all())
+        parent_of: dict[int, int | None] = {}
+        code_of: dict[int, str] = {}
+        for pk, parent_pk, code in session.execute(
+            select(Institution.id, Institution.parent_id, Institution.code)
+        ):
+            parent_of[pk], code_of[pk] = parent_pk, code
     moved: list[str] = []
     for row in overdue:
         reason = (
@@ -478,6 +485,46 @@ def escalate_overdue(
                     detail=detail,
                 )
             )
+            # Issue 7: every escalation is in the audit trail, the sweeper's too; in the move's
+            # transaction, so a move is never committed without its record.
+            _audit_escalation(session, row, rule, code_of, to_pool, detail)
     if moved:
         log.info("escalated %d overdue studies one level up", len(moved))
     return moved
+
+
+def _audit_escalation(
+    session: Session,
+    row: _Overdue,
+    rule: str,
+    code_of: dict[int, str],
+    to_pool_id: int,
+    detail: dict[str, Any],
+) -> None:
+    """The automatic escalation as an audit record (IHE ATNA): the hub's sweeper is the actor,
+    the study and its patient (HL7 CX ``ID^^^Issuer``) the participant objects."""
+    patient = session.execute(
+        select(Patient.patient_id, Patient.issuer)
+        .join(Study, Study.patient_pk == Patient.id)
+        .where(Study.id == row.study_pk)
+    ).first()
+    audit_chain.append_in(
+        session,
+        audit_chain.AuditEvent(
+            action="escalate",
+            username="system:overdue-sweeper",
+            role="system",
+            institution=code_of.get(row.pool_id),
+            patient=None
+            if patient is None
+            else (f"{patient[0]}^^^{patient[1]}" if patient[1] else str(patient[0])),
+            object_type="study",
+            object_id=row.study_uid,
+            detail={
+                **detail,
+                "rule": rule,
+                "from_pool": code_of.get(row.pool_id),
+                "to_pool": code_of.get(to_pool_id),
+            },
+        ),
+    )

@@ -72,7 +72,10 @@ class WorklistEntry(_View):
 
 class WorklistPage(BaseModel):
     items: list[WorklistEntry]
-    total: int = Field(description="Items matching the filters, before limit/offset")
+    total: int = Field(
+        description="Items matching the filters, before limit/offset (from 1,000 items on: as "
+        "counted within the last few seconds)"
+    )
 
 
 class WorklistCounts(BaseModel):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
-from remote_dx.api.deps import CurrentUser, DbSession
+from remote_dx.api.audit import audited_json, note, patient_key
+from remote_dx.api.deps import CheckedToken, authenticate, run_hot
 from remote_dx.worklist.schemas import StudyDetail
-from remote_dx.worklist.service import get_study
+from remote_dx.worklist.service import get_study, plan_joins_as_written
 
 router = APIRouter(prefix="/api/v1", tags=["studies"])
 
@@ -22,10 +23,22 @@ StudyUID = Annotated[
     "/studies/{study_uid}",
     summary="A study the current user may see",
     responses={404: {"description": "No such study, or not visible to this user"}},
+    response_model=StudyDetail,
 )
-def read_study(study_uid: StudyUID, user: CurrentUser, session: DbSession) -> StudyDetail:
-    detail = get_study(session, user, study_uid)
+async def read_study(request: Request, study_uid: StudyUID, token: CheckedToken) -> Response:
+    # A viewer opens studies one after another: the user, the study and the audit record in
+    # one thread-pool call.
+    return await run_hot(request, _study_answer, request, token, study_uid)
+
+
+def _study_answer(request: Request, token: str, study_uid: str) -> Response:
+    with request.app.state.sessions() as session:
+        plan_joins_as_written(session)
+        user = authenticate(request, session, token)
+        detail = get_study(session, user, study_uid)
     if detail is None:
         # The same answer whether the study is absent or out of scope: existence is not revealed.
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_uid} not found")
-    return detail
+    # The audit record's patient, known here: spares the record its own lookup.
+    note(request, patient=patient_key(detail.patient.patient_id, detail.patient.issuer))
+    return audited_json(request, detail)

@@ -5,15 +5,19 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from remote_dx.api.audit import audited_json
 from remote_dx.api.deps import (
     READING_ROLES,
     AppSettings,
+    CheckedToken,
     CurrentUser,
     DbSession,
+    authenticate,
     require_roles,
+    run_hot,
 )
 from remote_dx.api.routers.studies import StudyUID
 from remote_dx.core.clock import SHANGHAI
@@ -26,6 +30,7 @@ from remote_dx.worklist.service import (
     WorklistQuery,
     count_worklist,
     list_worklist,
+    plan_joins_as_written,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["worklist"])
@@ -58,7 +63,7 @@ def _instant(name: str, text: str | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def worklist_query(
+async def worklist_query(  # no I/O: async, so FastAPI does not hop to its thread pool
     status: Annotated[list[WorklistStatus] | None, Query()] = None,
     priority: Annotated[list[Priority] | None, Query()] = None,
     modality: Annotated[
@@ -105,9 +110,19 @@ Filters = Annotated[WorklistQuery, Depends(worklist_query)]
     "/worklist",
     summary="Worklist items visible to the current user (default: STAT first, then by due time)",
     description=_FILTERS_DOC,
+    response_model=WorklistPage,
 )
-def get_worklist(user: CurrentUser, session: DbSession, query: Filters) -> WorklistPage:
-    return list_worklist(session, user, query)
+async def get_worklist(request: Request, token: CheckedToken, query: Filters) -> Response:
+    # The busiest read: the user, the page and the audit record in one thread-pool call.
+    return await run_hot(request, _worklist_answer, request, token, query)
+
+
+def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
+    with request.app.state.sessions() as session:
+        plan_joins_as_written(session)
+        user = authenticate(request, session, token)
+        page = list_worklist(session, user, query)
+    return audited_json(request, page)
 
 
 @router.get(
