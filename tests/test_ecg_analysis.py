@@ -9,6 +9,8 @@ import pytest
 
 from remote_dx.ecg.analysis import ALGORITHM_VERSION, analyze
 from remote_dx.ecg.analysis.critical import stemi_leads, v2v3_cutpoint
+from remote_dx.ecg.analysis.preprocess import lead_matrix
+from remote_dx.ecg.analysis.rhythm import pacing_spike
 from remote_dx.ecg.model import ECG, PatientInfo
 from tests.support import SHARED_DATA
 
@@ -74,7 +76,7 @@ def test_output_shape_and_normal_ecg_is_not_critical() -> None:
     res = analyze(twelve_lead(70))
     d = res.to_dict()
     assert set(d) >= FIELDS
-    assert d["algorithm_version"] == ALGORITHM_VERSION == "rdx-ecg 0.3.0"
+    assert d["algorithm_version"] == ALGORITHM_VERSION == "rdx-ecg 0.4.2"
     assert d["heart_rate"] == pytest.approx(70, abs=3)
     assert d["rhythm"] == "sinus"
     assert d["critical"]["critical"] is False
@@ -182,6 +184,15 @@ def test_ludb_sinus_bradycardia(record: int) -> None:
     assert analyze(ludb(record)).rhythm == "sinus_brady"
 
 
+def test_ludb_small_p_wave_is_sinus_but_not_measured() -> None:
+    """LUDB 127: sinus bradycardia at 40 bpm whose P envelope is ~0.023 mV — enough to call
+    the rhythm sinus (it was "other" in rdx-ecg ≤ 0.4.0), too small to measure PR on."""
+    assert ludb_rhythm(127).startswith("Sinus bradycardia")
+    res = analyze(ludb(127))
+    assert res.rhythm == "sinus_brady"
+    assert res.pr_ms is None and res.p_duration_ms is None
+
+
 @pytest.mark.parametrize("record", [45, 74, 90])
 def test_ludb_records_where_neurokit_dwt_crashes(record: int) -> None:
     d = analyze(ludb(record)).to_dict()
@@ -197,6 +208,15 @@ def test_ludb_paced_records(record: int) -> None:
     b, mb = res.boundaries, res.median
     assert b is not None and mb is not None and b.qrs_on is not None
     assert b.qrs_on < mb.fiducial  # the onset precedes the wide paced complex
+    # ... and is the spike itself, not the noise before it (34: the velocity walk once ran
+    # 40 ms ahead of the spike because the low-passed spike outlasted its 12 ms bridge).
+    src = ludb(record)
+    leads = {n: np.asarray(v, dtype=np.float32) for n, v in src.leads.items()}
+    work = ECG(leads=leads, sampling_rate=src.sampling_rate).complete_limb_leads()
+    names, raw = lead_matrix(work)
+    usable = np.array([res.quality["leads"][n]["grade"] != "unusable" for n in names])
+    offset = pacing_spike(raw[usable], src.sampling_rate, mb.centres)
+    assert offset is not None and b.qrs_on == mb.fiducial + offset
 
 
 def test_sinus_record_is_not_paced() -> None:
@@ -243,3 +263,43 @@ def test_clipped_and_railed_leads_are_saturated() -> None:
     assert res.quality["leads"]["II"]["grade"] != "unusable"
     assert res.quality["technically_unsatisfactory"] is True
     assert any(r.startswith("saturation") and "V2" in r for r in res.quality["reasons"])
+
+
+def _median_with_t(t_half_ms: float, fs: int = FS) -> tuple[object, int]:
+    """A 12-lead median beat: narrow QRS at the fiducial, a raised-cosine T peaking 250 ms
+    later whose descending half lasts ``t_half_ms``; returns (MedianBeat, true T end index)."""
+    from remote_dx.ecg.analysis.median import MedianBeat
+
+    pre, post = round(0.5 * fs), round(0.75 * fs)
+    t = np.arange(-pre, post) / fs
+    qrs = 1.2 * np.exp(-0.5 * (t / 0.012) ** 2) - 0.3 * np.exp(-0.5 * ((t - 0.03) / 0.01) ** 2)
+    tp, up, down = 0.25, 0.10, t_half_ms / 1000
+    tw = np.zeros_like(t)
+    rise = (t >= tp - up) & (t < tp)
+    fall = (t >= tp) & (t <= tp + down)
+    tw[rise] = 0.5 * (1 - np.cos(np.pi * (t[rise] - tp + up) / up))
+    tw[fall] = 0.5 * (1 + np.cos(np.pi * (t[fall] - tp) / down))
+    gains = np.linspace(0.4, 1.0, 12)
+    beats = np.vstack([g * (qrs + 0.35 * tw) for g in gains])
+    mb = MedianBeat(
+        beats=beats,
+        fiducial=pre,
+        fs=float(fs),
+        used=np.arange(8),
+        dominant=np.ones(8, dtype=bool),
+        centres=np.arange(8) * fs + pre,
+    )
+    return mb, pre + round((tp + down) * fs)
+
+
+@pytest.mark.parametrize("t_half_ms", [150.0, 200.0])
+def test_t_end_follows_a_slowly_returning_t_wave(t_half_ms: float) -> None:
+    """The global T end lands where the T is back on the baseline (±7 ms). The tangent method
+    (steepest tangent ∩ PR level, rdx-ecg ≤ 0.3) ends such a T ~18 % of its descending half
+    early: −8 and −16 ms here even after its +15 ms shift; the slope rule 0 and −6 ms."""
+    from remote_dx.ecg.analysis.intervals import delineate
+
+    mb, true_end = _median_with_t(t_half_ms)
+    bnd = delineate(mb, 1.0)  # type: ignore[arg-type]
+    assert bnd.t_off is not None
+    assert abs(bnd.t_off - true_end) * 1000 / FS <= 7.0, (bnd.t_off, true_end)

@@ -18,7 +18,7 @@ from remote_dx.ecg.analysis import critical as crit
 from remote_dx.ecg.analysis import rhythm as rh
 from remote_dx.ecg.analysis.axis import frontal_axis
 from remote_dx.ecg.analysis.beats import detect_qrs
-from remote_dx.ecg.analysis.intervals import Boundaries, delineate
+from remote_dx.ecg.analysis.intervals import PARAMS, Boundaries, delineate
 from remote_dx.ecg.analysis.median import MedianBeat, median_beat
 from remote_dx.ecg.analysis.preprocess import Array, condition, lead_matrix
 from remote_dx.ecg.analysis.quality import assess
@@ -26,7 +26,7 @@ from remote_dx.ecg.analysis.st import pr_baseline, st_levels
 from remote_dx.ecg.analysis.statements import statement
 from remote_dx.ecg.model import ECG
 
-ALGORITHM_VERSION = "rdx-ecg 0.3.0"
+ALGORITHM_VERSION = "rdx-ecg 0.4.2"
 
 FIRST_DEGREE_AVB_MS = 200.0
 SHORT_PR_MS = 120.0
@@ -171,7 +171,16 @@ def analyze(ecg: ECG) -> ECGAnalysis:
     stemi_st: dict[str, float] = {}
     if mb is not None and bnd.qrs_on is not None and bnd.qrs_off is not None:
         result.qrs_ms = _ms(bnd.qrs_off - bnd.qrs_on, fs)
-        if p_present and not paced and bnd.p_on is not None and bnd.p_off is not None:
+        # A small P (under p_measure_mv) still shows the rhythm is sinus, but its boundaries
+        # sit in the noise: PR and P duration are then null rather than a guess.
+        p_measurable = (bnd.p_amplitude_mv or 0.0) >= PARAMS.p_measure_mv
+        if (
+            p_present
+            and p_measurable
+            and not paced
+            and bnd.p_on is not None
+            and bnd.p_off is not None
+        ):
             result.pr_ms = _ms(bnd.qrs_on - bnd.p_on, fs)
             result.p_duration_ms = _ms(bnd.p_off - bnd.p_on, fs)
         if bnd.t_off is not None and bnd.t_off > bnd.qrs_off:
