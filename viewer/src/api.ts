@@ -223,17 +223,55 @@ export interface ReportContent {
   positive?: boolean | null;
 }
 
+export interface ReportVersion {
+  version: number;
+  kind: string; // preliminary | final | confirm | amend
+  content: ReportContent;
+  reason: string | null;
+  created_at: string;
+  author: { name: string } | null;
+  signature_valid: boolean;
+}
+
 export interface ReportView {
   study_uid: string;
-  status: string | null;
+  status: string | null; // null, draft, preliminary, final, amended
   template: string;
   current_version: number;
+  second_signature_required: boolean;
   verify_code: string | null;
   critical: boolean;
   signed_by: { name: string } | null;
   signed_at: string | null;
+  confirmed_by: { name: string } | null;
+  confirmed_at: string | null;
   draft: { template: string; content: ReportContent; saved_at: string | null; saved: boolean } | null;
-  versions: { version: number; kind: string; content: ReportContent; created_at: string; author: { name: string } | null }[];
+  versions: ReportVersion[];
+}
+
+/** A consultation (会诊): see src/remote_dx/routing/schemas.py. */
+export interface ConsultationView {
+  id: number;
+  study_uid: string;
+  status: string; // open | answered | …
+  automatic: boolean;
+  from_pool: { code: string; name: string; level: string };
+  to_pool: { code: string; name: string; level: string };
+  question: string | null;
+  requester_opinion: string | null;
+  requested_by: string | null;
+  requested_at: string;
+  answer: string | null;
+  answered_by: string | null;
+  answered_at: string | null;
+}
+
+/** GET /auth/me. */
+export interface Me {
+  username: string;
+  full_name: string;
+  role: string;
+  institution: string;
 }
 
 export interface TemplateView {

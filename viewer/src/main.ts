@@ -1,12 +1,14 @@
 /** The reading workstation: a hash router over login, worklist, image study and ECG pages. */
 
 import './styles.css';
-import { logout, scheduleRefresh, token, username } from './api';
+import { api, logout, scheduleRefresh, token, username } from './api';
 import { append, h } from './dom';
 import { lang, onLangChange, setLang, t } from './i18n';
+import { renderAlerts } from './pages/alerts';
 import { renderLogin } from './pages/login';
 import { renderReading } from './pages/reading';
 import { renderWorklist } from './pages/worklist';
+import { takeOpenedAt } from './timing';
 
 const app = document.getElementById('app')!;
 const header = h('header.topbar');
@@ -17,13 +19,32 @@ let dispose: (() => void) | null = null;
 let openedAt = performance.now();
 
 // The time a study was asked for (a click or a key), so the viewer can report first-image time.
-window.addEventListener('hashchange', () => (openedAt = performance.now()), { capture: true });
+window.addEventListener(
+  'hashchange',
+  () => {
+    openedAt = takeOpenedAt();
+    performance.mark('rdx:open', { startTime: openedAt });
+  },
+  { capture: true },
+);
+
+// Critical results nobody has acknowledged yet, in the user's scope: a count beside the link.
+const alertBadge = h('span.badge', { hidden: true });
+async function countAlerts(): Promise<void> {
+  if (!token()) return;
+  const page = await api<{ total: number }>('GET', '/alerts', { query: { unacknowledged: true, limit: 1 } }).catch(() => null);
+  alertBadge.hidden = !page?.total;
+  alertBadge.textContent = page?.total ? String(page.total) : '';
+  alertBadge.dataset.count = String(page?.total ?? 0);
+}
+window.addEventListener('rdx:alerts-changed', () => void countAlerts());
 
 function drawHeader(): void {
   header.textContent = '';
   append(header, [
     h('a.brand', { href: '#/worklist' }, t('app')),
     token() ? h('a', { href: '#/worklist', name: 'nav-worklist' }, t('worklist')) : null,
+    token() ? h('a', { href: '#/alerts', name: 'nav-alerts' }, [t('alerts'), alertBadge]) : null,
     h('span.spacer'),
     h('button.lang', {
       name: 'lang',
@@ -49,6 +70,8 @@ function route(): void {
   const hash = location.hash || '#/worklist';
   const [, page, arg] = hash.match(/^#\/([^/]+)\/?(.*)$/) ?? [];
   drawHeader();
+  // Not while a study opens: its first image should not share the hub with this request.
+  if (page !== 'study' && page !== 'ecg') void countAlerts();
   if (!token() && page !== 'login') {
     location.hash = '#/login';
     return;
@@ -64,18 +87,21 @@ function route(): void {
     case 'ecg':
       dispose = renderReading(main, arg, 'ecg', openedAt);
       break;
+    case 'alerts':
+      dispose = renderAlerts(main);
+      break;
     default:
       dispose = renderWorklist(main);
   }
 }
 
-// Warm the image viewer while the reader looks at the worklist: the 4 MB Cornerstone chunk,
-// its init and the decoder workers would otherwise sit between the click and the first image.
+// Load and start the image viewer as soon as a reader is logged in, not when a study is opened
+// nor when the page is idle: the 4 MB Cornerstone chunk takes ~0.5–1.5 s to fetch, parse and
+// initialise on this kind of machine, which a reader who clicks the first row at once would wait.
 function prewarmViewer(): void {
   if (!token()) return;
-  const warm = () => import('./imaging/cornerstone').then((m) => m.initCornerstone()).catch(() => undefined);
-  if ('requestIdleCallback' in window) window.requestIdleCallback(warm, { timeout: 2000 });
-  else setTimeout(warm, 500);
+  void import('./imaging/viewer').catch(() => undefined);
+  void import('./imaging/cornerstone').then((m) => m.initCornerstone()).catch(() => undefined);
 }
 window.addEventListener('hashchange', prewarmViewer, { once: true });
 prewarmViewer();

@@ -1,5 +1,10 @@
 """The browser viewer (``viewer/dist``, built by ``make viewer/dist``) served at ``/``.
 
+Where the build is: ``RDX_VIEWER_DIST`` when set (the Docker image sets ``/app/viewer/dist``,
+copied from its node build stage); else the source tree's ``viewer/dist`` (an editable install, as
+in development and CI); else ``viewer/dist`` under the working directory (an installed package,
+whose own path says nothing about where the viewer was built).
+
 The API stays where it is: the viewer's mount steps aside for every path another route of the
 app answers (``/api/…``, ``/dicom-web/…``, ``/docs``, ``/healthz`` …), whatever order the routes
 were added in, so a router included after the mount is not shadowed by it. Paths the build does
@@ -10,6 +15,7 @@ entry, so a reload or a bookmarked address opens the viewer rather than a 404.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,7 +28,21 @@ from starlette.types import Scope
 log = logging.getLogger(__name__)
 
 # src/remote_dx/api/viewer_static.py → the source tree's viewer/dist
-DEFAULT_DIST = Path(__file__).resolve().parents[3] / "viewer" / "dist"
+SOURCE_DIST = Path(__file__).resolve().parents[3] / "viewer" / "dist"
+
+
+def find_dist() -> Path:
+    """The viewer build to serve: ``RDX_VIEWER_DIST``, the source tree's, or the working
+    directory's (the first of the last two that holds an ``index.html``)."""
+    named = os.environ.get("RDX_VIEWER_DIST")
+    if named:
+        return Path(named)
+    for candidate in (SOURCE_DIST, Path.cwd() / "viewer" / "dist"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return SOURCE_DIST
+
+
 API_PREFIXES = ("api/", "dicom-web/", "wado")
 
 
@@ -64,8 +84,9 @@ class ViewerMount(Mount):
         return super().matches(scope)
 
 
-def mount_viewer(app: FastAPI, dist: Path = DEFAULT_DIST) -> bool:
+def mount_viewer(app: FastAPI, dist: Path | None = None) -> bool:
     """Serve the built viewer at ``/`` when it exists; answer whether it was mounted."""
+    dist = find_dist() if dist is None else dist
     if not (dist / "index.html").is_file():
         log.info("viewer not built (%s missing); run `make viewer/dist` to serve it at /", dist)
         return False

@@ -20,11 +20,53 @@ function fmt(value: unknown): string {
   return typeof value === 'number' ? String(Math.round(value)) : '—';
 }
 
-function analysisBox(analysis: Analysis | null): HTMLElement {
+/**
+ * The machine's preliminary reading beside the cart's, and the reader's own column: the machine
+ * values to accept as they are or to correct, stored with PUT /ecg/{uid}/confirmed beside
+ * (never over) the machine's analysis.
+ */
+function analysisBox(studyUid: string, analysis: Analysis | null): HTMLElement {
   if (!analysis) return h('section.analysis', h('p', t('pending')));
   const device: Analysis = analysis.device_measurements ?? {};
   const statements: { code: string; zh?: string; en?: string }[] = analysis.statements ?? [];
   const critical = analysis.critical?.critical;
+  const confirmed: Analysis | null = analysis.confirmed ?? null;
+  const inputs = new Map<string, HTMLInputElement>();
+  const readerCell = (key: string) => {
+    const own = confirmed?.measurements?.[key];
+    const value = typeof own === 'number' ? own : typeof analysis[key] === 'number' ? Math.round(analysis[key]) : '';
+    const input = h('input', { type: 'number', name: `confirm-${key}`, value: String(value), step: '1' });
+    inputs.set(key, input);
+    return h('td', input);
+  };
+  const rhythm = h('input', { name: 'confirm-rhythm', value: confirmed?.rhythm ?? analysis.rhythm ?? '', maxLength: 32 });
+  const stamp = h('p.confirmed-by', { dataset: { confirmed: confirmed ? 'yes' : 'no' } },
+    confirmed ? `${t('ecgConfirmed')} · ${confirmed.confirmed_by ?? ''} · ${analysis.confirmed_at ? new Date(analysis.confirmed_at).toLocaleString() : ''}` : '');
+  const confirmButton = h('button.primary', {
+    name: 'ecg-confirm',
+    onclick: async () => {
+      const measurements: Record<string, number | null> = {};
+      for (const [key, input] of inputs) measurements[key] = input.value === '' ? null : Number(input.value);
+      confirmButton.disabled = true;
+      try {
+        const answer = await api<{ confirmed: Analysis; confirmed_at: string }>('PUT', `/ecg/${studyUid}/confirmed`, {
+          json: {
+            measurements,
+            rhythm: rhythm.value.trim() || null,
+            statements: statements.map((st) => ({ code: st.code ?? null, zh: st.zh ?? null, en: st.en ?? null })),
+            critical: critical ?? null,
+          },
+        });
+        stamp.dataset.confirmed = 'yes';
+        stamp.textContent = `${t('ecgConfirmed')} · ${answer.confirmed?.confirmed_by ?? ''} · ${new Date(answer.confirmed_at).toLocaleString()}`;
+        toast(t('ecgConfirmed'));
+      } catch (error) {
+        toast((error as Error).message, 'error');
+      } finally {
+        confirmButton.disabled = false;
+      }
+    },
+  }, t('ecgConfirm'));
   return h('section.analysis', { dataset: { status: analysis.status } }, [
     h('h3', t('machine')),
     critical
@@ -34,15 +76,17 @@ function analysisBox(analysis: Analysis | null): HTMLElement {
         ])
       : null,
     h('table.measures', [
-      h('thead', h('tr', [h('th', ''), h('th', t('machine')), h('th', t('device'))])),
+      h('thead', h('tr', [h('th', ''), h('th', t('machine')), h('th', t('device')), h('th', t('reader'))])),
       h('tbody', MEASURES.map(([key, label, unit]) =>
-        h('tr', { dataset: { key } }, [h('th', `${t(label)} (${unit})`), h('td', fmt(analysis[key])), h('td', fmt(device[key]))]),
+        h('tr', { dataset: { key } }, [h('th', `${t(label)} (${unit})`), h('td', fmt(analysis[key])), h('td', fmt(device[key])), readerCell(key)]),
       )),
     ]),
     h('p', [h('strong', `${t('rhythm')}: `), analysis.rhythm ?? '—']),
     h('h4', t('statements')),
     h('ul.statements', statements.map((s) => h('li', { dataset: { code: s.code } }, (lang() === 'zh' ? s.zh : s.en) ?? s.code))),
     analysis.error ? h('p.error', analysis.error) : null,
+    h('div.ecg-confirm', [h('label', [`${t('rhythm')} `, rhythm]), confirmButton]),
+    stamp,
   ]);
 }
 
@@ -101,7 +145,7 @@ export async function mountECGViewer(root: HTMLElement, study: StudyDetail): Pro
     if (stopped) return;
     if (answer.status === 202) {
       clear(analysisSlot);
-      analysisSlot.append(analysisBox(null));
+      analysisSlot.append(analysisBox(study.study_uid, null));
       window.setTimeout(loadAnalysis, 2000);
       return;
     }
@@ -110,7 +154,7 @@ export async function mountECGViewer(root: HTMLElement, study: StudyDetail): Pro
       return;
     }
     clear(analysisSlot);
-    analysisSlot.append(analysisBox(await answer.json()));
+    analysisSlot.append(analysisBox(study.study_uid, await answer.json()));
   }
   await loadAnalysis();
 

@@ -5,6 +5,7 @@
  */
 
 import {
+  cache,
   Enums,
   init as coreInit,
   metaData,
@@ -24,9 +25,15 @@ import {
   WindowLevelTool,
   ZoomTool,
 } from '@cornerstonejs/tools';
-import { authHeaders } from '../api';
+import { authHeaders, type SeriesView, type StudyDetail } from '../api';
 
 export const DICOMWEB_ROOT = '/dicom-web';
+const IMAGE_MODALITIES = new Set(['DX', 'CR', 'CT', 'MR', 'MG', 'RF', 'XA', 'US', 'PX', 'IO', 'DR']);
+
+/** The study's series that hold images (not ECG waveforms, reports or presentation states). */
+export function imageSeries(study: StudyDetail): SeriesView[] {
+  return study.series.filter((s) => IMAGE_MODALITIES.has(s.modality ?? '') && s.instances.length > 0);
+}
 let ready: Promise<void> | null = null;
 let engine: RenderingEngine | null = null;
 
@@ -40,14 +47,42 @@ export const TOOL_NAMES = {
 } as const;
 export type ToolKey = keyof typeof TOOL_NAMES;
 
+/**
+ * Draw on the CPU when WebGL is a software rasteriser (SwiftShader, llvmpipe: a reading PC
+ * without a usable GPU, or headless Chromium): uploading a 2048² 16-bit image as a texture and
+ * shading it through emulated GL costs more than Cornerstone's CPU path, which only computes the
+ * LUT'd pixels shown. ``localStorage['rdx.render'] = 'gpu' | 'cpu'`` overrides the choice.
+ */
+export function cpuRendering(): boolean {
+  const forced = localStorage.getItem('rdx.render');
+  if (forced === 'cpu' || forced === 'gpu') return forced === 'cpu';
+  try {
+    const gl = document.createElement('canvas').getContext('webgl2');
+    if (!gl) return true;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    const renderer = String(info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER));
+    gl.getExtension('WEBGL_lose_context')?.loseContext();
+    return /swiftshader|llvmpipe|software/i.test(renderer);
+  } catch {
+    return true;
+  }
+}
+
 /** Start Cornerstone once per page. */
 export function initCornerstone(): Promise<void> {
   ready ??= (async () => {
-    coreInit();
+    const cpu = cpuRendering();
+    // Two viewports at most (the study and its prior): not the default pool of 7 GL contexts,
+    // each of which costs a software rasteriser time to create.
+    coreInit({ rendering: { useCPURendering: cpu, webGlContextCount: 2 } } as Parameters<typeof coreInit>[0]);
+    document.documentElement.dataset.render = cpu ? 'cpu' : 'gpu';
+    // A reading page stays open all day and prefetches: 1 GB of decoded images (~120 DX of
+    // 2048², a few CT series), not Cornerstone's 3 GB default, on a county PC with 8 GB.
+    cache.setMaxCacheSize(1024 ** 3);
     dicomImageLoader.init({
       maxWebWorkers: Math.max(1, Math.min(2, navigator.hardwareConcurrency || 1)),
       // Every WADO-RS request carries the reader's token (the hub scopes studies per user).
-      beforeSend: () => authHeaders(),
+      beforeSend: (_xhr: unknown, imageId: string) => ({ ...authHeaders(), ...frameAccept(imageId) }),
     });
     // Higher priority than the loader's own provider (0): it runs first and falls through.
     metaData.addProvider(projectionPlane, 100);
@@ -57,6 +92,25 @@ export function initCornerstone(): Promise<void> {
     }
   })();
   return ready;
+}
+
+/** Large single-frame images (DX, CR, MG): at least this many pixels. */
+const LARGE_IMAGE_PIXELS = 1024 * 1024;
+const UNCOMPRESSED_FRAMES =
+  'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1';
+
+/**
+ * Large single-frame images are asked for uncompressed (PS3.18 §8.7.3.5.2). The hub keeps their
+ * lossless decode from processing (``dicomweb/renditions.py``), so this costs it a read, while
+ * decoding a 2048² JPEG 2000 here in WebAssembly takes over a second of the reader's first look.
+ * Everything else comes as stored (``transfer-syntax=*``, the loader's default).
+ */
+function frameAccept(imageId: string): Record<string, string> {
+  const instance = dicomImageLoader.wadors.metaDataManager.get(imageId) as unknown as DicomJson | undefined;
+  if (!instance) return {};
+  const frames = Number(firstValue(instance, '00280008') ?? 1) || 1;
+  const pixels = Number(firstValue(instance, '00280010') ?? 0) * Number(firstValue(instance, '00280011') ?? 0);
+  return frames === 1 && pixels >= LARGE_IMAGE_PIXELS ? { Accept: UNCOMPRESSED_FRAMES } : {};
 }
 
 export function renderingEngine(): RenderingEngine {
@@ -105,11 +159,25 @@ export interface SeriesImages {
   metadata: DicomJson[];
 }
 
+const seriesCache = new Map<string, Promise<SeriesImages>>();
+
 /**
  * The image IDs of one series, in Instance Number order, with each instance's DICOM JSON
- * metadata (PS3.18 §F.2) registered for the loader; one imageId per frame.
+ * metadata (PS3.18 §F.2) registered for the loader; one imageId per frame. Asked once per series
+ * and instance count: the prefetch, the viewer and the prior pane share the answer.
  */
-export async function loadSeriesImages(studyUid: string, seriesUid: string): Promise<SeriesImages> {
+export function loadSeriesImages(studyUid: string, seriesUid: string, instances = 0): Promise<SeriesImages> {
+  const key = `${studyUid}/${seriesUid}/${instances}`;
+  let answer = seriesCache.get(key);
+  if (!answer) {
+    answer = fetchSeriesImages(studyUid, seriesUid);
+    seriesCache.set(key, answer);
+    answer.catch(() => seriesCache.delete(key));
+  }
+  return answer;
+}
+
+async function fetchSeriesImages(studyUid: string, seriesUid: string): Promise<SeriesImages> {
   const base = `${DICOMWEB_ROOT}/studies/${studyUid}/series/${seriesUid}`;
   const answer = await fetch(`${base}/metadata`, {
     headers: { ...authHeaders(), Accept: 'application/dicom+json' },

@@ -14,6 +14,7 @@ import {
   activate,
   createToolGroup,
   Enums,
+  imageSeries,
   initCornerstone,
   loadSeriesImages,
   presetFor,
@@ -23,7 +24,6 @@ import {
 } from './cornerstone';
 
 const GROUP_ID = 'rdx-tools';
-const IMAGE_MODALITIES = new Set(['DX', 'CR', 'CT', 'MR', 'MG', 'RF', 'XA', 'US', 'PX', 'IO', 'DR']);
 
 interface Pane {
   viewportId: string;
@@ -33,10 +33,7 @@ interface Pane {
   series: SeriesView | null;
   modality: string;
   range: { lower: number; upper: number } | null;
-}
-
-function imageSeries(study: StudyDetail): SeriesView[] {
-  return study.series.filter((s) => IMAGE_MODALITIES.has(s.modality ?? '') && s.instances.length > 0);
+  drawnAt?: number;
 }
 
 function viewportOf(pane: Pane): Types.IStackViewport {
@@ -68,8 +65,14 @@ export async function mountImageViewer(
   // the reader's wait is the longer of the two, not their sum.
   const first = imageSeries(study)[0];
   const preloaded = first
-    ? loadSeriesImages(study.study_uid, first.series_uid).then((images) => {
-        if (images.imageIds[0]) void imageLoader.loadAndCacheImage(images.imageIds[0]).catch(() => undefined);
+    ? loadSeriesImages(study.study_uid, first.series_uid, first.instances.length).then((images) => {
+        performance.mark('rdx:metadata');
+        if (images.imageIds[0]) {
+          imageLoader
+            .loadAndCacheImage(images.imageIds[0])
+            .then(() => performance.mark('rdx:image-loaded'))
+            .catch(() => undefined);
+        }
         return images;
       })
     : undefined;
@@ -216,18 +219,28 @@ export async function mountImageViewer(
     pane.element.dataset.state = 'loading';
     pane.overlay.textContent = t('loadingImages');
     try {
-      const { imageIds } = await (preloaded ?? loadSeriesImages(pane.study.study_uid, series.series_uid));
+      const { imageIds } = await (preloaded ??
+        loadSeriesImages(pane.study.study_uid, series.series_uid, series.instances.length));
       const vp = viewportOf(pane);
-      const drawn = new Promise((done) => {
-        pane.element.addEventListener(Enums.Events.IMAGE_RENDERED, done, { once: true });
-        window.setTimeout(done, 3000);
-      });
       await vp.setStack(imageIds, 0);
+      performance.mark('rdx:stack-set');
+      // The image is loaded and its draw flagged for the next animation frame; an earlier
+      // IMAGE_RENDERED (the empty viewport's) must not count as the first image drawn.
+      const drawn = new Promise<void>((done) => {
+        pane.element.addEventListener(
+          Enums.Events.IMAGE_RENDERED,
+          () => {
+            pane.drawnAt ??= performance.now();
+            done();
+          },
+          { once: true },
+        );
+      });
       const voi = vp.getProperties().voiRange;
       const image = vp.getCornerstoneImage();
       pane.range = image ? { lower: image.minPixelValue, upper: image.maxPixelValue } : voi ?? null;
       vp.render();
-      await drawn;
+      await Promise.race([drawn, new Promise((late) => window.setTimeout(late, 3000))]);
       pane.element.dataset.state = 'ready';
       pane.element.dataset.imageCount = String(imageIds.length);
       updateOverlay(pane);
@@ -316,7 +329,9 @@ export async function mountImageViewer(
     await showSeries(current, first, preloaded)
       .then(() => {
         // The first image drawn after the click in the worklist: the reader's wait, recorded.
-        const ms = Math.round(performance.now() - openedAt);
+        if (current.drawnAt === undefined) return; // ready, but no draw was seen: no figure
+        const ms = Math.round(current.drawnAt - openedAt);
+        performance.mark('rdx:first-image', { startTime: current.drawnAt });
         current.element.dataset.firstImageMs = String(ms);
         console.info(`first image drawn ${ms} ms after opening`);
       })

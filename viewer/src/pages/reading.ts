@@ -1,9 +1,10 @@
 /** A study open for reading: images (or the ECG) on the left, the report panel on the right. */
 
-import { api, personName, type StudyDetail } from '../api';
+import { personName } from '../api';
 import { append, clear, h, toast } from '../dom';
 import { t } from '../i18n';
 import { reportPanel } from '../report/panel';
+import { takeStudy } from '../studies';
 import { nextStudy } from './worklist';
 
 export function renderReading(
@@ -50,7 +51,8 @@ export function renderReading(
   document.addEventListener('keydown', onKey);
 
   (async () => {
-    const study = await api<StudyDetail>('GET', `/studies/${studyUid}`);
+    const study = await takeStudy(studyUid);
+    performance.mark('rdx:study-detail');
     if (gone) return;
     const p = study.patient;
     append(title, [
@@ -72,6 +74,9 @@ export function renderReading(
       : import('../imaging/viewer').then((m) => m.mountImageViewer(body, study, openedAt)));
     if (gone) bodyMount();
     else disposeBody = bodyMount;
+    // While this study is read, the next one's first image is fetched (the N key opens it).
+    const next = nextStudy(studyUid)?.match(/^#\/study\/(.+)$/)?.[1];
+    if (next && !gone) import('../imaging/prefetch').then((m) => m.prefetch([next])).catch(() => undefined);
     await reportReady;
   })().catch((error) => {
     console.error(error);

@@ -3,6 +3,13 @@
 import { api, personName, queryString, token, type WorklistEntry, type WorklistPage } from '../api';
 import { clear, h, toast } from '../dom';
 import { locale, t } from '../i18n';
+import { noteOpen } from '../timing';
+
+/** Image studies to prefetch; the module (with Cornerstone) loads when first needed. */
+function prefetchImages(uids: string[], first = false): void {
+  if (!uids.length) return;
+  import('../imaging/prefetch').then((m) => m.prefetch(uids, first)).catch(() => undefined);
+}
 
 const ORDER_KEY = 'rdx.worklist.order';
 const FILTER_KEY = 'rdx.worklist.filters';
@@ -148,8 +155,17 @@ export function renderWorklist(root: HTMLElement): () => void {
         className: `prio-${item.priority} status-${item.status}${item.overdue ? ' overdue' : ''}`,
         dataset: { uid: item.study_uid, status: item.status, modality: item.modality ?? '' },
         tabIndex: 0,
-        onclick: () => (location.hash = studyRoute(item)),
-        onkeydown: (e: KeyboardEvent) => e.key === 'Enter' && (location.hash = studyRoute(item)),
+        onclick: (e: MouseEvent) => {
+          noteOpen(e.timeStamp);
+          location.hash = studyRoute(item);
+        },
+        onkeydown: (e: KeyboardEvent) => {
+          if (e.key !== 'Enter') return;
+          noteOpen(e.timeStamp);
+          location.hash = studyRoute(item);
+        },
+        // The pointer on a row is the best hint of the next click: its image goes first.
+        onmouseenter: () => item.modality !== 'ECG' && prefetchImages([item.study_uid], true),
       },
       [
         h('td', h('span.prio', t(`p_${item.priority}`))),
@@ -173,6 +189,12 @@ export function renderWorklist(root: HTMLElement): () => void {
     clear(tbody);
     if (!items.length) tbody.append(h('tr', h('td.empty', { colSpan: 11 }, t('noItems'))));
     for (const item of items) tbody.append(row(item));
+    prefetchImages(
+      items
+        .filter((i) => i.modality !== 'ECG' && i.status !== 'signed')
+        .slice(0, 3)
+        .map((i) => i.study_uid),
+    );
     countText.textContent = `${t('total')} ${total} ${t('items')}`;
     sessionStorage.setItem(
       ORDER_KEY,
@@ -223,6 +245,7 @@ export function renderWorklist(root: HTMLElement): () => void {
     });
     source.addEventListener('alert', (event) => {
       const alerts = JSON.parse((event as MessageEvent).data).items as { patient_name: string | null; acknowledged: boolean }[];
+      window.dispatchEvent(new Event('rdx:alerts-changed'));
       for (const alert of alerts.filter((a) => !a.acknowledged)) {
         toast(`${t('critical')}: ${personName(alert.patient_name)}`, 'error');
       }
@@ -232,6 +255,7 @@ export function renderWorklist(root: HTMLElement): () => void {
   reload();
   connect();
   return () => {
+    import('../imaging/prefetch').then((m) => m.stopPrefetch()).catch(() => undefined);
     window.clearInterval(ticker);
     window.clearTimeout(reloadTimer);
     source?.close();

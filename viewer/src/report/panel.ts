@@ -1,7 +1,19 @@
-/** The report beside the images: template, autosaved draft, sign, and escalation (会诊). */
+/**
+ * The report beside the images: template, autosaved draft, sign, escalation (会诊), and what
+ * follows a signature — the senior's second signature of a preliminary report, an amendment with
+ * its reason, the version history, and the consultation a higher-level reader answers.
+ */
 
-import { ApiError, api, type ReportContent, type ReportView, type TemplateView } from '../api';
-import { h, toast } from '../dom';
+import {
+  ApiError,
+  api,
+  type ConsultationView,
+  type Me,
+  type ReportContent,
+  type ReportView,
+  type TemplateView,
+} from '../api';
+import { clear, h, toast } from '../dom';
 import { lang, locale, t } from '../i18n';
 
 const AUTOSAVE_MS = 1200;
@@ -13,35 +25,59 @@ export interface ReportPanel {
   dispose(): Promise<void>;
 }
 
+let me: Promise<Me | null> | null = null;
+
+/** Who is logged in (for the consulted pool's answer form); asked once per page load. */
+function whoAmI(): Promise<Me | null> {
+  me ??= api<Me>('GET', '/auth/me').catch(() => {
+    me = null;
+    return null;
+  });
+  return me;
+}
+
+function when(iso: string | null | undefined): string {
+  return iso ? new Date(iso).toLocaleString(locale()) : '';
+}
+
 export async function reportPanel(
   studyUid: string,
   modality: string,
-  onDone: (what: 'signed' | 'escalated') => void,
+  onDone: (what: 'signed' | 'escalated' | 'confirmed' | 'amended') => void,
 ): Promise<ReportPanel> {
-  let holder = false;
-  try {
-    await api('POST', `/worklist/${studyUid}/claim`);
-    holder = true;
-  } catch (error) {
-    if (!(error instanceof ApiError)) throw error;
-    toast(`${t('claimFailed')}: ${error.detail}`, 'error');
-  }
-  const [report, templates] = await Promise.all([
+  // Claim, report, templates, consultations and the user at once: none waits for another. A
+  // signed study cannot be claimed; that refusal is only news when there is something to write.
+  const claim = api('POST', `/worklist/${studyUid}/claim`).then(
+    () => null,
+    (error: unknown) => {
+      if (!(error instanceof ApiError)) throw error;
+      return error;
+    },
+  );
+  const [claimError, report, templates, consultations, user] = await Promise.all([
+    claim,
     api<ReportView>('GET', `/studies/${studyUid}/report`),
     api<TemplateView[]>('GET', '/report-templates'),
+    api<ConsultationView[]>('GET', `/studies/${studyUid}/consultations`).catch(() => [] as ConsultationView[]),
+    whoAmI(),
   ]);
-  const signed = report.status !== null && report.status !== 'draft';
+  const holder = claimError === null;
+  const status = report.status;
+  const signed = status !== null && status !== 'draft';
+  if (!holder && !signed) toast(`${t('claimFailed')}: ${claimError!.detail}`, 'error');
   const editable = holder && !signed;
+  const latest = report.versions.at(-1);
   const content: ReportContent = {
     findings: '',
     impression: '',
-    ...(signed ? report.versions.at(-1)?.content : report.draft?.content),
+    ...(signed ? latest?.content : report.draft?.content),
   };
   let template = report.draft?.template ?? report.template;
   let saveTimer: number | undefined;
   let saving: Promise<unknown> = Promise.resolve();
   let dirty = false;
   let savedOnce = Boolean(report.draft?.saved);
+  let finished = false;
 
   const state = h('span.save-state', { role: 'status' }, savedOnce ? t('saved') : '');
   const findings = h('textarea', { name: 'findings', rows: 10, value: content.findings, disabled: !editable });
@@ -89,9 +125,14 @@ export async function reportPanel(
   });
 
   // Autosave renews nothing: keep the lease while the reader has the study open.
-  const renewTimer = editable
+  const renewTimer = holder
     ? window.setInterval(() => api('POST', `/worklist/${studyUid}/renew`).catch(() => undefined), RENEW_MS)
     : undefined;
+
+  /** The text as now on screen, over the rest of the content (measurements, statements …). */
+  function edited(): ReportContent {
+    return { ...content, findings: findings.value, impression: impression.value };
+  }
 
   async function sign(): Promise<void> {
     if (!editable) return;
@@ -111,9 +152,24 @@ export async function reportPanel(
     }
   }
 
+  /** Second signature (PS: 二级审核): a senior makes the preliminary report final, as edited. */
+  async function confirm(): Promise<void> {
+    confirmButton.disabled = true;
+    try {
+      const answer = await api<ReportView>('POST', `/studies/${studyUid}/report/confirm`, { json: { content: edited() } });
+      toast(`${t('confirmed')} ${answer.verify_code ? `· ${t('verifyCode')} ${answer.verify_code}` : ''}`);
+      finished = true;
+      onDone('confirmed');
+    } catch (error) {
+      confirmButton.disabled = false;
+      toast((error as Error).message, 'error');
+    }
+  }
+
   const signButton = h('button.primary', { name: 'sign', disabled: !editable, onclick: sign, title: 'Ctrl+Enter' }, t('sign'));
   const escalateButton = h('button', { name: 'escalate', disabled: !editable, onclick: () => escalate() }, t('escalate'));
-  let finished = false;
+  const confirmButton = h('button.primary', { name: 'confirm', onclick: confirm }, t('confirm'));
+  const amendButton = h('button', { name: 'amend', onclick: () => startAmending() }, t('amend'));
 
   function escalate(): void {
     const question = h('textarea', { name: 'question', rows: 3, required: true });
@@ -125,6 +181,7 @@ export async function reportPanel(
       h('div.actions', [
         h('button', { onclick: () => dialog.close() }, t('cancel')),
         h('button.primary', {
+          name: 'send',
           onclick: async () => {
             if (!question.value.trim()) return question.focus();
             try {
@@ -149,17 +206,123 @@ export async function reportPanel(
     question.focus();
   }
 
+  // Amending: the signed text becomes editable with a reason beside it; the old versions stay.
+  const amendReason = h('textarea', { name: 'amend-reason', rows: 2, placeholder: t('amendReasonHint') });
+  const amendSubmit = h('button.primary', { name: 'amend-submit', onclick: () => amend() }, t('amendSubmit'));
+  const amendCancel = h('button', {
+    name: 'amend-cancel',
+    onclick: () => {
+      findings.value = content.findings;
+      impression.value = content.impression;
+      findings.disabled = impression.disabled = true;
+      amendBox.hidden = true;
+      amendButton.hidden = false;
+    },
+  }, t('cancel'));
+  const amendBox = h('div.amend', { hidden: true }, [h('label', [t('amendReason'), amendReason]), h('div.actions', [amendCancel, amendSubmit])]);
+
+  function startAmending(): void {
+    findings.disabled = impression.disabled = false;
+    amendButton.hidden = true;
+    amendBox.hidden = false;
+    amendReason.focus();
+  }
+
+  async function amend(): Promise<void> {
+    const reason = amendReason.value.trim();
+    if (!reason) {
+      toast(t('amendReasonNeeded'), 'error');
+      amendReason.focus();
+      return;
+    }
+    amendSubmit.disabled = true;
+    try {
+      await api<ReportView>('POST', `/studies/${studyUid}/report/amend`, { json: { content: edited(), reason } });
+      toast(t('amended'));
+      finished = true;
+      onDone('amended');
+    } catch (error) {
+      amendSubmit.disabled = false;
+      toast((error as Error).message, 'error');
+    }
+  }
+
   const header = signed
     ? h('div.signed-by', [
-        `${t('signed')} · ${report.signed_by?.name ?? ''} · ${report.signed_at ? new Date(report.signed_at).toLocaleString(locale()) : ''}`,
+        `${t(`r_${status}`)} · ${report.signed_by?.name ?? ''} · ${when(report.signed_at)}`,
+        report.confirmed_by ? h('div', `${t('confirmedBy')} ${report.confirmed_by.name} · ${when(report.confirmed_at)}`) : null,
         report.verify_code ? h('div', `${t('verifyCode')} ${report.verify_code}`) : null,
       ])
     : !holder
       ? h('div.read-only', t('readOnly'))
       : null;
 
+  // Every signed version, newest first, with who signed it, when, and an amendment's reason.
+  const versions = report.versions.length > 1 || status === 'amended'
+    ? h('details.versions', { open: status === 'amended' }, [
+        h('summary', `${t('versions')} (${report.versions.length})`),
+        h('ol', { reversed: true }, [...report.versions].reverse().map((v) =>
+          h('li', { dataset: { version: String(v.version), kind: v.kind } }, [
+            h('strong', `v${v.version} ${t(`k_${v.kind}`)}`),
+            ` · ${v.author?.name ?? ''} · ${when(v.created_at)}`,
+            v.reason ? h('div.reason', `${t('amendReason')}: ${v.reason}`) : null,
+            v.signature_valid === false ? h('div.error', t('badSignature')) : null,
+            h('div.text', `${v.content.impression ?? ''}`),
+          ]),
+        )),
+      ])
+    : null;
+
+  const consultationBox = h('section.consultations');
+  function drawConsultations(list: ConsultationView[]): void {
+    clear(consultationBox);
+    if (!list.length) return;
+    consultationBox.append(h('h4', t('consultations')));
+    for (const c of list) {
+      const mine = c.status === 'open' && user !== null && c.to_pool.code === user.institution;
+      const answer = h('textarea', { name: 'consultation-answer', rows: 3 });
+      const send = h('button.primary', {
+        name: 'answer-consultation',
+        onclick: async () => {
+          if (!answer.value.trim()) return answer.focus();
+          send.disabled = true;
+          try {
+            const done = await api<ConsultationView>(
+              'POST',
+              `/studies/${studyUid}/consultations/${c.id}/answer`,
+              { json: { answer: answer.value.trim() } },
+            );
+            toast(t('answered'));
+            drawConsultations(list.map((x) => (x.id === done.id ? done : x)));
+          } catch (error) {
+            send.disabled = false;
+            toast((error as Error).message, 'error');
+          }
+        },
+      }, t('answerConsultation'));
+      consultationBox.append(
+        h('article.consultation', { dataset: { id: String(c.id), status: c.status } }, [
+          h('div.meta', `${c.from_pool.name} → ${c.to_pool.name} · ${c.requested_by ?? t('automatic')} · ${when(c.requested_at)} · ${t(`c_${c.status}`)}`),
+          c.question ? h('p', [h('strong', `${t('question')}: `), c.question]) : null,
+          c.requester_opinion ? h('p', [h('strong', `${t('opinion')}: `), c.requester_opinion]) : null,
+          c.answer
+            ? h('p.answer', [h('strong', `${t('answer')} (${c.answered_by ?? ''} ${when(c.answered_at)}): `), c.answer])
+            : null,
+          mine ? h('div.answer-form', [h('label', [t('answer'), answer]), h('div.actions', [send])]) : null,
+        ]),
+      );
+    }
+  }
+  drawConsultations(consultations);
+
   const statements = (content.statements ?? []).filter((s) => s.zh || s.en);
-  const element = h('aside.report-panel', { dataset: { status: report.status ?? 'new' } }, [
+  const actions = status === 'preliminary'
+    ? h('div.actions', [confirmButton])
+    : status === 'final' || status === 'amended'
+      ? h('div.actions', [amendButton])
+      : h('div.actions', [state, escalateButton, signButton]);
+  if (status === 'preliminary') findings.disabled = impression.disabled = false; // the senior may edit
+  const element = h('aside.report-panel', { dataset: { status: status ?? 'new' } }, [
     h('h2', t('report')),
     header,
     h('label', [t('template'), templateSelect]),
@@ -171,7 +334,10 @@ export async function reportPanel(
       : null,
     h('label', [t('findings'), findings]),
     h('label', [t('impression'), impression]),
-    h('div.actions', [state, escalateButton, signButton]),
+    amendBox,
+    actions,
+    consultationBox,
+    versions,
     h('p.hint', t('shortcuts')),
   ]);
 
@@ -184,7 +350,7 @@ export async function reportPanel(
       if (finished) return;
       await save();
       // Opened and left untouched: give it back to the pool at once, not when the lease ends.
-      if (editable && !savedOnce) await api('POST', `/worklist/${studyUid}/release`).catch(() => undefined);
+      if (holder && !savedOnce) await api('POST', `/worklist/${studyUid}/release`).catch(() => undefined);
     },
   };
 }
