@@ -133,7 +133,12 @@ def test_dockerfile() -> None:
     lines = [
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
     ]
-    assert lines[0] == "FROM python:3.11-slim"
+    # Multi-stage: node builds the viewer, the last stage is the Python image that runs.
+    stages = [line.split() for line in lines if line.startswith("FROM ")]
+    assert stages[-1] == ["FROM", "python:3.11-slim"]
+    builders = {words[3] for words in stages if len(words) == 4 and words[2].upper() == "AS"}
+    assert "viewer" in builders and "RUN npm run build" in lines
+    assert "COPY --from=viewer /viewer/dist ./viewer/dist" in lines
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     exposed = {p for line in lines if line.startswith("EXPOSE ") for p in line.split()[1:]}
@@ -142,7 +147,7 @@ def test_dockerfile() -> None:
     assert any(line.startswith("RUN pip install .") for line in lines)
     # What the image copies must exist, and the demo network must survive .dockerignore.
     for line in lines:
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and not line.startswith("COPY --from="):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
