@@ -640,9 +640,12 @@ def test_the_worker_retries_a_refused_delivery_with_backoff_until_the_pacs_answe
         report_id = sign(settings, db, study_uid, DX_CONTENT)
 
         def refused_twice() -> bool:
+            # An attempt is counted when it starts, so a third counted attempt is the first
+            # proof that the second one has been refused (the second may still be in flight
+            # when the count reads 2, and would then reach the PACS started below).
             rows = deliveries(db, report_id)
             return all(
-                rows[(1, c)].status == delivery.RETRYING and rows[(1, c)].attempts >= 2
+                rows[(1, c)].status == delivery.RETRYING and rows[(1, c)].attempts >= 3
                 for c in ("dicom-pdf", "dicom-sr")
             )
 
