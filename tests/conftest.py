@@ -11,13 +11,15 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from argon2 import PasswordHasher, profiles
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from remote_dx.core import clock
+from remote_dx.core import clock, security
 from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
 from remote_dx.core.migrate import upgrade
 from remote_dx.core.network import apply_network, load_network_file
@@ -29,6 +31,22 @@ POSTGRES_URL = os.environ.get(
     "RDX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("RDX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """Argon2id at its cheapest parameters for the passwords the suite itself hashes.
+
+    The production parameters (RFC 9106's low-memory choice: 3 passes over 64 MiB) cost ~135 ms
+    a hash or a check; every test seeds five demo users and most log some in, which came to
+    minutes of the suite. Checking reads the parameters from the stored hash, so hubs the tests
+    start as processes check these seeded hashes cheaply too. ``test_core`` asserts the
+    production parameters.
+    """
+    production = security._hasher
+    security._hasher = PasswordHasher.from_parameters(profiles.CHEAPEST)
+    yield
+    security._hasher = production
 
 
 @pytest.fixture(autouse=True)
@@ -75,12 +93,34 @@ def settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return value
 
 
-@pytest.fixture
-def db(settings: Settings) -> sessionmaker[Session]:
-    """The settings' database, migrated and seeded with the demo network (passwords ``demo``)."""
+def _migrate_and_seed(settings: Settings) -> None:
     upgrade(settings)
     with session_scope(settings) as session:
         apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+
+
+@pytest.fixture(scope="session")
+def _seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated, seeded SQLite file that each test's ``db`` starts from as a copy: the same
+    rows as migrating and seeding anew, without paying for it a few hundred times."""
+    template = Settings(
+        data_dir=tmp_path_factory.mktemp("seeded") / "var",
+        database_url="",
+        jwt_secret="test-secret-not-for-production-0123456789",
+    )
+    _migrate_and_seed(template)
+    dispose_engines()  # the last connection's close checkpoints the WAL into the file
+    return template.sqlite_file
+
+
+@pytest.fixture
+def db(settings: Settings, _seeded_sqlite: Path) -> sessionmaker[Session]:
+    """The settings' database, migrated and seeded with the demo network (passwords ``demo``)."""
+    if settings.database_url or settings.sqlite_file.exists():
+        _migrate_and_seed(settings)  # never copy over a database something already opened
+    else:
+        settings.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_seeded_sqlite, settings.sqlite_file)
     return get_sessionmaker(settings)
 
 

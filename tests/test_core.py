@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from remote_dx.core import security
 from remote_dx.core.models import Device, Institution, InstitutionLevel, User
 from remote_dx.core.security import verify_password
 from remote_dx.storage import ObjectNotFound
@@ -21,6 +22,18 @@ def test_demo_network_is_a_tree_with_lead_hospital(db) -> None:
         reader = session.scalar(select(User).where(User.username == "county_reader"))
         assert verify_password(reader.password_hash, "demo")
         assert not verify_password(reader.password_hash, "wrong")
+
+
+def test_production_password_hashes_are_argon2id_at_rfc_9106_low_memory_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The suite hashes at the cheapest parameters (conftest); the hub itself must not."""
+    monkeypatch.setattr(security, "_hasher", security.PasswordHasher())
+    stored = security.hash_password("demo")
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert security.verify_password(stored, "demo")
+    assert not security.verify_password(stored, "wrong")
+    assert not security.verify_password("not a hash", "demo")
 
 
 def test_file_store_round_trip_and_rejects_escaping_keys(tmp_path) -> None:

@@ -146,7 +146,12 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'remote_dx.sqlite3').resolve()}"
+        return f"sqlite:///{self.sqlite_file.resolve()}"
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The embedded default's database file, used when no ``database_url`` is set."""
+        return self.data_dir / "remote_dx.sqlite3"
 
     @property
     def storage_dir(self) -> Path:
