@@ -50,7 +50,7 @@ import wfdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from remote_dx.ecg.analysis import analyze  # noqa: E402
+from remote_dx.ecg.analysis.analyze import analyze  # noqa: E402
 from remote_dx.ecg.analysis.beats import detect_qrs  # noqa: E402
 from remote_dx.ecg.analysis.preprocess import condition  # noqa: E402
 from remote_dx.ecg.model import ECG, PatientInfo  # noqa: E402

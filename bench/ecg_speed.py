@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ecg_accuracy import ludb_ecg  # noqa: E402
 
-from remote_dx.ecg.analysis import ALGORITHM_VERSION, analyze  # noqa: E402
+from remote_dx.ecg.analysis import ALGORITHM_VERSION  # noqa: E402
+from remote_dx.ecg.analysis.analyze import analyze  # noqa: E402
 from remote_dx.ecg.model import ECG  # noqa: E402
 
 TARGET_MS = 150.0

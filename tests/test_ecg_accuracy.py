@@ -67,7 +67,7 @@ def test_beat_matching_is_one_to_one_within_150_ms(bench: ModuleType) -> None:
 
 
 def test_interval_errors_do_not_regress(bench: ModuleType) -> None:
-    from remote_dx.ecg.analysis import analyze
+    from remote_dx.ecg.analysis.analyze import analyze
 
     records = list(range(1, 41, 2))
     errors: dict[str, list[float]] = {"p": [], "pr": [], "qrs": [], "qt": []}

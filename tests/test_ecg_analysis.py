@@ -3,11 +3,15 @@ records (Kalyakulina et al., IEEE Access 2020; PhysioNet) checked against their 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import neurokit2 as nk
 import numpy as np
 import pytest
 
-from remote_dx.ecg.analysis import ALGORITHM_VERSION, analyze
+from remote_dx.ecg.analysis import ALGORITHM_VERSION
+from remote_dx.ecg.analysis.analyze import analyze
 from remote_dx.ecg.analysis.critical import stemi_leads, v2v3_cutpoint
 from remote_dx.ecg.analysis.preprocess import lead_matrix
 from remote_dx.ecg.analysis.rhythm import pacing_spike
@@ -303,3 +307,17 @@ def test_t_end_follows_a_slowly_returning_t_wave(t_half_ms: float) -> None:
     bnd = delineate(mb, 1.0)  # type: ignore[arg-type]
     assert bnd.t_off is not None
     assert abs(bnd.t_off - true_end) * 1000 / FS <= 7.0, (bnd.t_off, true_end)
+
+
+def test_the_api_and_receiver_do_not_import_the_analysis_and_a_worker_preloads_it() -> None:
+    """neurokit2 and SciPy cost ~3 s and ~100 MB a process: only workers should pay."""
+    probe = (
+        "import sys\n"
+        "import remote_dx.api.app, remote_dx.ingest.dicom_scp, remote_dx.tasks\n"
+        "assert 'neurokit2' not in sys.modules, 'imported by the API or receiver'\n"
+        "from remote_dx.ecg.service import preload_analysis\n"
+        "preload_analysis()\n"
+        "assert 'neurokit2' in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

@@ -304,7 +304,7 @@ def test_a_failing_analysis_is_recorded_and_the_study_still_routed(
     def broken(_ecg: ECG) -> None:
         raise RuntimeError("analysis bug")
 
-    monkeypatch.setattr("remote_dx.ecg.service.analyze", broken)
+    monkeypatch.setattr("remote_dx.ecg.analysis.analyze.analyze", broken)
     study_uid = upload_csv(client, synthetic_ecg(), "FAIL-1")
     process(settings, db, study_uid)
     _, item = item_of(db, study_uid)

@@ -52,6 +52,7 @@ from remote_dx.core.clock import utcnow
 from remote_dx.core.db import get_engine, get_sessionmaker, refresh_planner_statistics
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
+from remote_dx.ecg.service import preload_analysis
 from remote_dx.ingest.study import (
     PROCESS_STUDY,
     RUN_FAILED,
@@ -401,6 +402,8 @@ class EmbeddedWorker:
 
     def _run(self) -> None:
         try:
+            # Here, not in start(): the hub answers while the worker thread imports.
+            preload_analysis()
             self.controller.start()
         except BaseException as exc:  # logged and kept: the thread must not die silently
             self._error = exc
@@ -460,6 +463,7 @@ _signal_sweeper: Sweeper | None = None
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     _ensure_broker_folders(current_settings())
+    preload_analysis()  # in the prefork parent: every child starts with it imported
 
 
 @signals.worker_ready.connect

@@ -40,7 +40,7 @@ from remote_dx.core.models import (
     User,
     WorklistItem,
 )
-from remote_dx.ecg.analysis import ALGORITHM_VERSION, analyze
+from remote_dx.ecg.analysis import ALGORITHM_VERSION
 from remote_dx.ecg.dicom_codes import ECG_SOP_CLASSES
 from remote_dx.ecg.model import ECG
 from remote_dx.ecg.readers.dicom_waveform import read_dicom_waveform
@@ -86,9 +86,17 @@ class ECGOutcome:
         return bool(quality.get("technically_unsatisfactory"))
 
 
+def preload_analysis() -> None:
+    """Import the analysis (neurokit2, SciPy) now rather than on the first ECG: a worker calls
+    this as it starts, so a chest-pain ECG never waits the ~3 s import."""
+    import remote_dx.ecg.analysis.analyze  # noqa: F401
+
+
 def analyse_waveform(data: bytes, *, sop_instance_uid: str) -> ECGOutcome:
     """Read a DICOM ECG waveform and analyse it; any failure becomes a FAILED outcome (the
     study is processed and routed all the same, the reader reads the tracing)."""
+    from remote_dx.ecg.analysis.analyze import analyze
+
     started = time.perf_counter()
     try:
         ecg = read_dicom_waveform(data, name=sop_instance_uid)

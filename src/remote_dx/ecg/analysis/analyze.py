@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from remote_dx.ecg.analysis import ALGORITHM_VERSION
 from remote_dx.ecg.analysis import critical as crit
 from remote_dx.ecg.analysis import rhythm as rh
 from remote_dx.ecg.analysis.axis import frontal_axis
@@ -25,8 +26,6 @@ from remote_dx.ecg.analysis.quality import assess
 from remote_dx.ecg.analysis.st import pr_baseline, st_levels
 from remote_dx.ecg.analysis.statements import statement
 from remote_dx.ecg.model import ECG
-
-ALGORITHM_VERSION = "rdx-ecg 0.4.2"
 
 FIRST_DEGREE_AVB_MS = 200.0
 SHORT_PR_MS = 120.0
