@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from remote_dx.api.app import create_app
 from remote_dx.api.security import secret_path
 from remote_dx.core import clock
-from remote_dx.core.models import User
+from remote_dx.core.models import Role, User
+from remote_dx.core.security import hash_password
 from remote_dx.core.settings import Settings
 
 TOKEN_URL = "/api/v1/auth/token"
 WORKLIST = "/api/v1/worklist"
+ME = "/api/v1/auth/me"
 
 
 @pytest.fixture
@@ -90,6 +92,37 @@ def test_inactive_user_cannot_log_in_and_existing_tokens_stop_working(
     assert login(client, "tech_xiping", "guess").json()["detail"] == (
         "incorrect username or password"
     )
+
+
+@pytest.mark.parametrize(
+    ("username", "senior"),
+    [
+        ("province_reader", True),  # a reader titled 主任医师
+        ("county_senior", True),  # role senior_reader, no title
+        ("county_reader", False),  # a reader titled 主治医师: a junior
+        ("county_supervisor", False),  # 主任医师, but a supervisor does not sign
+    ],
+)
+def test_me_says_whether_the_user_may_give_the_second_signature(
+    client: TestClient, db: sessionmaker[Session], username: str, senior: bool
+) -> None:
+    """The viewer offers the confirm button of a preliminary report only when this says so."""
+    with db() as session, session.begin():
+        county = session.scalar(select(User).where(User.username == "county_reader")).institution
+        session.add(
+            User(
+                username="county_senior",
+                full_name="县医院高级医师",
+                password_hash=hash_password("demo"),
+                role=Role.SENIOR_READER,
+                institution_id=county.id,
+            )
+        )
+    token = login(client, username).json()["access_token"]
+    me = client.get(ME, headers=bearer(token))
+    assert me.status_code == 200, me.text
+    assert me.json()["username"] == username
+    assert me.json()["senior"] is senior
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from remote_dx.api.audit import note
 from remote_dx.api.deps import AppSettings, CurrentUser, DbSession, unauthorized
@@ -29,6 +29,7 @@ from remote_dx.api.security import (
     rotate_refresh_token,
 )
 from remote_dx.core.models import Role
+from remote_dx.reporting.access import is_senior
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -46,6 +47,11 @@ class Me(BaseModel):
     full_name: str
     role: Role
     institution: str
+    senior: bool = Field(
+        description="May give the second signature (二级审核) to a preliminary report: a senior "
+        "reader, or a reader titled 副主任医师/主任医师. The viewer offers the confirm button only "
+        "then, so a junior is not shown an action that answers 403."
+    )
 
 
 def _client(request: Request) -> str | None:
@@ -142,4 +148,5 @@ def me(user: CurrentUser, session: DbSession) -> Me:
         full_name=user.full_name,
         role=Role(user.role),
         institution=user.institution.code,
+        senior=is_senior(user),
     )
