@@ -18,6 +18,7 @@ import pytest
 
 from remote_dx.core.errors import StorageUnavailable
 from remote_dx.storage import ObjectNotFound, ObjectStore
+from remote_dx.storage.base import RangedReads
 from remote_dx.storage.file_store import FileStore
 from remote_dx.storage.s3_store import S3Store
 from tests.s3_server import SeaweedS3
@@ -112,6 +113,20 @@ def test_large_object_roundtrip(store: ObjectStore) -> None:
     back = store.get("dicom/big/one.dcm")
     assert len(back) == len(data) == 8 * 1024 * 1024
     assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+
+
+def test_ranged_read(store: ObjectStore) -> None:
+    """One frame of a large object is read by its byte range (WADO-RS frames), on both."""
+    data = bytes(range(256)) * 64
+    store.put("ranged/one", data)
+    assert isinstance(store, RangedReads)
+    assert store.get_range("ranged/one", 0, 10) == data[:10]
+    assert store.get_range("ranged/one", 1000, 3000) == data[1000:4000]
+    assert store.get_range("ranged/one", len(data) - 5, 100) == data[-5:]  # short at the end
+    assert store.get_range("ranged/one", len(data), 10) == b""  # nothing past it
+    assert store.get_range("ranged/one", 5, 0) == b""
+    with pytest.raises(ObjectNotFound):
+        store.get_range("ranged/missing", 0, 10)
 
 
 def test_check_passes_when_usable(store: ObjectStore) -> None:

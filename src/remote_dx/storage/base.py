@@ -37,6 +37,20 @@ class ObjectStore(Protocol):
         """Raise StorageUnavailable unless the store can be used now (readiness probe)."""
 
 
+@runtime_checkable
+class RangedReads(Protocol):
+    """A store that can read part of an object (both built-in backends; a test double may not).
+
+    Why: a viewer asks for a large multi-frame object one frame at a time; reading only that
+    frame's bytes (an HTTP Range GET on S3) instead of the whole object per request is what
+    :func:`remote_dx.dicomweb.wado.stored_frames` uses it for.
+    """
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the object from ``offset`` (fewer at its end, none past
+        it); raise :class:`ObjectNotFound` when there is no object under ``key``."""
+
+
 def validate_key(key: str) -> str:
     """Keys are relative POSIX paths without ``..``; both backends share that rule."""
     if (

@@ -103,6 +103,35 @@ class S3Store:
             response.close()
             response.release_conn()
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``: one ranged GET (``Range: bytes=a-b``), so a
+        frame of a 150 MB cine costs its own size on the wire, not the object's."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        validate_key(key)
+        if length == 0:  # the SDK reads "length 0" as "to the end"
+            if not self.exists(key):
+                raise ObjectNotFound(key)
+            return b""
+        self._ensure_bucket()
+        try:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(key) from exc
+            if exc.code == "InvalidRange":  # the offset is at or past the end
+                return b""
+            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
+        try:
+            return response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 get {key} interrupted: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
+
     def exists(self, key: str) -> bool:
         validate_key(key)
         self._ensure_bucket()
