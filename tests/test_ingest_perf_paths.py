@@ -634,3 +634,52 @@ def test_dispatcher_hands_connections_to_the_least_loaded_ready_process() -> Non
         dispatcher.stop()
         for sock in [*clients, *held, *workers]:
             sock.close()
+
+
+def test_wal_flushes_are_shared_across_receiver_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Receiver processes share one database's flushes: a commit made before another process's
+    flush started waits for that flush instead of making its own, and a commit made after a
+    flush started is never counted as covered by it.
+
+    Each ``_WalSync`` opens the shared counters file itself, so its ``flock`` contends with the
+    others' exactly as another process's would.
+    """
+    import remote_dx.core.db as core_db
+
+    database = str(tmp_path / "hub.sqlite3")
+    Path(database + "-wal").write_bytes(b"")
+    a, b, c = (core_db._WalSync(database) for _ in range(3))
+    started: list[str] = []
+    in_flush = threading.Event()
+    release = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        started.append(threading.current_thread().name)
+        if threading.current_thread().name == "a":
+            in_flush.set()
+            assert release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(core_db.os, "fdatasync", fdatasync)
+    a.sync()  # alone: flushes
+    b.sync()  # after a's flush completed: needs its own
+    assert started == ["MainThread", "MainThread"]
+    started.clear()
+
+    first = threading.Thread(target=a.sync, name="a")
+    first.start()
+    assert in_flush.wait(10)
+    # b and c commit while a's flush runs: a's flush started before their commits, so one more
+    # flush is due, and they share it.
+    second = threading.Thread(target=b.sync, name="b")
+    third = threading.Thread(target=c.sync, name="c")
+    second.start()
+    third.start()
+    time.sleep(0.2)  # both are waiting for a's lock
+    release.set()
+    for thread in (first, second, third):
+        thread.join(10)
+    assert started[0] == "a" and len(started) == 2, started

@@ -8,6 +8,7 @@ promise across a power cut, not just a process crash.
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -159,8 +160,57 @@ _SYNC_NORMAL = "PRAGMA synchronous=NORMAL"
 _SYNC_FULL = "PRAGMA synchronous=FULL"
 
 
+class _SharedFlushes:
+    """Flush numbers shared by every process that uses one database (receiver processes).
+
+    A file beside the database holds two counters, mapped into each process: flushes started
+    and flushes completed. A flush is started and run under an ``flock`` on that file, so one
+    process flushes at a time, and a process whose commit came before a flush that another
+    process started sees it complete instead of flushing again: the group commit of
+    :class:`_WalSync`, across processes.
+    """
+
+    _SIZE = 16  # two native 8-byte counters; aligned, so each is read and written whole
+
+    def __init__(self, database: str) -> None:
+        self._fd = os.open(database + "-wal-flushes", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(self._fd).st_size < self._SIZE:
+                os.ftruncate(self._fd, self._SIZE)
+            self._map = mmap.mmap(self._fd, self._SIZE)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._counters = memoryview(self._map).cast("Q")  # [0] started, [1] completed
+
+    def flush(self, wal: str) -> None:
+        # Read before waiting: any flush numbered above this starts after the caller's commit.
+        target = self._counters[0] + 1
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if self._counters[1] >= target:
+                return
+            mine = self._counters[0] = self._counters[0] + 1
+            _fdatasync(wal)
+            self._counters[1] = mine
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _fdatasync(path: str) -> None:
+    # fdatasync, as SQLite itself syncs its WAL on Linux: once the WAL has reached its working
+    # size after a checkpoint, commits overwrite blocks it already has, and no file system
+    # journal commit (for the file's times) rides on each flush.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 class _WalSync:
-    """fsync of one database's WAL file, shared by callers that committed before it started."""
+    """fsync of one database's WAL file, shared by callers that committed before it started:
+    threads of this process here, other processes through :class:`_SharedFlushes`."""
 
     def __init__(self, database: str) -> None:
         self._path = database + "-wal"
@@ -168,6 +218,10 @@ class _WalSync:
         self._started = 0
         self._completed = 0
         self._running = False
+        try:
+            self._shared: _SharedFlushes | None = _SharedFlushes(database)
+        except OSError:  # read-only directory, odd file system: each process flushes alone
+            self._shared = None
 
     def sync(self) -> None:
         with self._cond:
@@ -183,14 +237,10 @@ class _WalSync:
                 return
         ok = False
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                # fdatasync, as SQLite itself syncs its WAL on Linux: once the WAL has reached
-                # its working size after a checkpoint, commits overwrite blocks it already has,
-                # and no file system journal commit (for the file's times) rides on each flush.
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            if self._shared is not None:
+                self._shared.flush(self._path)
+            else:
+                _fdatasync(self._path)
             ok = True
         finally:
             with self._cond:
