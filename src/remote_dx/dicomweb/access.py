@@ -41,6 +41,7 @@ class InstanceRef:
     object_key: str
     number_of_frames: int | None
     instance_number: int | None
+    size_bytes: int | None = None  # the stored object's; large ones have frames read by range
 
 
 _REF_COLUMNS = (
@@ -52,6 +53,7 @@ _REF_COLUMNS = (
     Instance.object_key,
     Instance.number_of_frames,
     Instance.instance_number,
+    Instance.size_bytes,
 )
 
 

@@ -17,11 +17,12 @@ fit; ``quality`` sets the JPEG quality. ECG and other waveforms render as
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from remote_dx.dicomweb.access import InstanceRef
 from remote_dx.dicomweb.cache import cached_get
 from remote_dx.dicomweb.multipart import BadRequest, NotAcceptable, parse_accept
 from remote_dx.imaging.preview import has_waveform, waveform_preview
-from remote_dx.storage.base import ObjectStore
+from remote_dx.storage.base import ObjectStore, RangedReads
 
 EXPLICIT_LE = str(ExplicitVRLittleEndian)
 OCTET = "application/octet-stream"
@@ -211,6 +212,16 @@ class FrameLayout:
     """
 
     ranges: tuple[tuple[int, int], ...]  # (start, end) of frame 1, 2, … in the Part 10 bytes
+    # Only when a frame is split over several fragments (encapsulated, found by ranged reads):
+    # each frame's fragment values, whose bytes joined are the frame; ``ranges`` then spans them.
+    fragments: tuple[tuple[tuple[int, int], ...], ...] | None = None
+
+    def frame(self, number: int, span: bytes) -> bytes:
+        """Frame ``number`` (from 1) out of ``span``, the bytes of its range."""
+        start = self.ranges[number - 1][0]
+        if self.fragments is None:
+            return span
+        return b"".join(span[a - start : b - start] for a, b in self.fragments[number - 1])
 
 
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
@@ -283,20 +294,185 @@ class _Layouts:
         self._items: OrderedDict[str, FrameLayout | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str, data: bytes) -> FrameLayout | None:
+    def get(self, key: str, compute: Callable[[], FrameLayout | None]) -> FrameLayout | None:
+        """The layout kept for ``key``, else ``compute()``'s, kept (None too: not sliceable)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        layout = frame_layout(data)
+        layout = compute()
         with self._lock:
             self._items[key] = layout
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return layout
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
 
 _layouts = _Layouts()
+
+# Objects at least this large have their frames read by byte range (once the layout is known)
+# rather than whole: the object cache (:mod:`.cache`) keeps objects only up to a quarter of its
+# 256 MB, so each frame of a larger one meant reading all of it again (from S3: a 150 MB GET
+# per frame of a 300-frame cine). Smaller ones are read whole once and sliced from memory.
+RANGED_MIN_BYTES = 64 * 1024 * 1024
+_HEADER_FIRST = 64 * 1024  # first read for the header; doubled until Pixel Data is in it
+_HEADER_MAX = 16 * 1024 * 1024  # a header larger than this: whole-object path
+_ITEMS_CHUNK = 4 * 1024 * 1024  # one read of the fragment items' walk
+_MERGE_GAP = 256 * 1024  # frames closer than this in one request are read in one range
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _header(store: RangedReads, key: str) -> tuple[Dataset, int, int] | None:
+    """The data set before Pixel Data, where Pixel Data's value starts and its length (0xFFFFFFFF:
+    undefined), read by growing ranges from the start. None: no top-level Pixel Data found."""
+    want = _HEADER_FIRST
+    while want <= _HEADER_MAX:
+        prefix = store.get_range(key, 0, want)
+        fp = io.BytesIO(prefix)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            syntax = UID(ds.file_meta.TransferSyntaxUID)
+        except Exception:  # a cut-off element in the prefix, or not DICOM: read more, or give up
+            ds = None
+        if ds is not None:
+            position = fp.tell()
+            # pydicom leaves the file at the tag it stopped before; a prefix cut inside the data
+            # set leaves it at the end instead.
+            element = 8 if syntax.is_implicit_VR else 12
+            if prefix[position : position + 4] == _PIXEL_DATA_TAG and position + element <= len(
+                prefix
+            ):
+                (length,) = struct.unpack_from("<I", prefix, position + element - 4)
+                return ds, position + element, length
+        if len(prefix) < want:
+            return None  # the whole object was read and has no Pixel Data at the top level
+        want *= 2
+    return None
+
+
+def _walk_items(
+    store: RangedReads, key: str, start: int, size: int
+) -> tuple[list[tuple[int, int]], list[int], list[int]] | None:
+    """One pass over encapsulated Pixel Data's items from ``start`` (PS3.5 A.4), reading item
+    headers in chunks (fragments larger than a chunk are skipped, not read): the fragments'
+    value ranges, their item offsets from the first fragment's item, and the Basic Offset
+    Table. None if the items are malformed."""
+    buffer, base = b"", start
+    fragments: list[tuple[int, int]] = []
+    item_offsets: list[int] = []
+    table: list[int] = []
+    position, first_item = start, -1
+
+    def read(at: int, length: int) -> bytes | None:
+        nonlocal buffer, base
+        if not (base <= at and at + length <= base + len(buffer)):
+            buffer, base = store.get_range(key, at, max(length, _ITEMS_CHUNK)), at
+            if len(buffer) < length:
+                return None
+        return buffer[at - base : at - base + length]
+
+    while position + 8 <= size:
+        head = read(position, 8)
+        if head is None:
+            return None
+        tag, length = struct.unpack("<II", head)
+        if tag == _SEQUENCE_END:
+            return fragments, item_offsets, table
+        if tag != _ITEM or length == 0xFFFFFFFF or position + 8 + length > size:
+            return None
+        if first_item < 0:  # the Basic Offset Table
+            first_item = position + 8 + length
+            if length:
+                value = read(position + 8, length)
+                if value is None or length % 4:
+                    return None
+                table = list(struct.unpack(f"<{length // 4}I", value))
+        else:
+            fragments.append((position + 8, position + 8 + length))
+            item_offsets.append(position - first_item)
+        position += 8 + length
+    return None
+
+
+def _group(
+    fragments: list[tuple[int, int]], item_offsets: list[int], table: list[int], count: int
+) -> FrameLayout | None:
+    """Fragments → frames as pydicom's generate_frames groups them: one frame takes them all;
+    as many fragments as frames, one each; else by the Basic Offset Table."""
+    if not fragments:
+        return None
+    if len(fragments) == count:
+        return FrameLayout(tuple(fragments))
+    if count == 1:
+        groups = [fragments]
+    elif len(table) == count and table[0] == 0 and table == sorted(set(table)):
+        index = {offset: i for i, offset in enumerate(item_offsets)}
+        if any(offset not in index for offset in table):
+            return None
+        starts = [index[offset] for offset in table] + [len(fragments)]
+        groups = [fragments[a:b] for a, b in itertools.pairwise(starts)]
+    else:
+        return None  # frame boundaries only the codestreams tell: the full parse finds them
+    return FrameLayout(
+        tuple((group[0][0], group[-1][1]) for group in groups),
+        tuple(tuple(group) for group in groups),
+    )
+
+
+def ranged_layout(store: RangedReads, key: str, size: int) -> FrameLayout | None:
+    """The frames' byte ranges in the object of ``size`` bytes under ``key``, found with ranged
+    reads (the header; for encapsulated data one pass over the fragment items), or None when
+    they cannot be read as stored (big endian, deflated, float pixels, no Pixel Data)."""
+    found = _header(store, key)
+    if found is None:
+        return None
+    ds, start, length = found
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    count = frame_count(ds)
+    if syntax.is_encapsulated:
+        if length != 0xFFFFFFFF:
+            return None
+        walked = _walk_items(store, key, start, size)
+        return _group(*walked, count) if walked is not None else None
+    if not _is_native_le(str(syntax)) or str(syntax) == _DEFLATED or length == 0xFFFFFFFF:
+        return None
+    try:
+        frame = _native_frame_size(ds)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if frame <= 0 or frame * count > length or start + length > size:
+        return None
+    return FrameLayout(tuple((start + i * frame, start + (i + 1) * frame) for i in range(count)))
+
+
+def _read_frames(
+    store: RangedReads, key: str, layout: FrameLayout, numbers: Sequence[int]
+) -> list[bytes] | None:
+    """The frames ``numbers`` by ranged reads, neighbours in one read; None if a read came
+    back short (the object is not what its layout says)."""
+    wanted = sorted(set(numbers), key=lambda n: layout.ranges[n - 1][0])
+    runs: list[list[int]] = []
+    for number in wanted:
+        if runs and layout.ranges[number - 1][0] - layout.ranges[runs[-1][-1] - 1][1] <= _MERGE_GAP:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    found: dict[int, bytes] = {}
+    for run in runs:
+        low = layout.ranges[run[0] - 1][0]
+        high = max(layout.ranges[n - 1][1] for n in run)
+        data = store.get_range(key, low, high - low)
+        if len(data) < high - low:
+            return None
+        for number in run:
+            a, b = layout.ranges[number - 1]
+            found[number] = layout.frame(number, data[a - low : b - low])
+    return [found[n] for n in numbers]
 
 
 def stored_frames(
@@ -309,9 +485,26 @@ def stored_frames(
         kept = renditions.get(store, ref.object_key, 1)
         if kept is not None:
             return [kept]
-    data = cached_get(store, ref.object_key)
+    key = ref.object_key
+    if (
+        not plan.transcode
+        and isinstance(store, RangedReads)
+        and (ref.size_bytes or 0) >= RANGED_MIN_BYTES
+    ):
+        size = int(ref.size_bytes or 0)
+        layout = _layouts.get(key, lambda: ranged_layout(store, key, size))
+        if layout is not None:
+            count = len(layout.ranges)
+            for number in numbers:
+                if number > count:
+                    raise NotFound(f"frame {number} not found: the instance has {count}")
+            answer = _read_frames(store, key, layout, numbers)
+            if answer is not None:
+                return answer
+            _layouts.forget(key)  # shorter than its layout says: the full parse will tell why
+    data = cached_get(store, key)
     if not plan.transcode:
-        layout = _layouts.get(ref.object_key, data)
+        layout = _layouts.get(key, lambda: frame_layout(data))
         if layout is not None:
             count = len(layout.ranges)
             for number in numbers:
