@@ -281,6 +281,8 @@ def test_ecg_template_is_prefilled_from_the_analysis_and_editable(hub: Hub) -> N
     assert prefill["measurements"]["heart_rate"] == 75.0
     assert prefill["measurements"]["pr_ms"] == 196.0
     assert prefill["measurements"]["qrs_ms"] == 92.0  # not confirmed: the machine's
+    assert "心率 75 次/分" in prefill["findings"]
+    assert prefill["findings"].endswith("（测量值经医师确认）")
 
     # Editable: the reader changes a value and a statement, and that is what gets signed.
     hub.claim(uid)
@@ -300,6 +302,49 @@ def test_ecg_template_is_prefilled_from_the_analysis_and_editable(hub: Hub) -> N
     assert version["content"]["statements"][-1]["code"] == "prolonged_qtc"
     assert signed.json()["positive"] is True  # AV block, prolonged QTc
     assert signed.json()["critical"] is False
+
+
+def test_confirmed_ecg_values_reach_the_saved_draft_labelled_as_confirmed(hub: Hub) -> None:
+    """The reader opened the ECG (the draft autosaved with the machine's values) and then
+    corrected the measurements: the draft shows the corrected values, labelled, without
+    retyping; what the reader wrote by hand stays."""
+    uid = add_study(hub, modality="ECG", machine_ecg=MACHINE_ECG)
+    hub.claim(uid)
+    machine = hub.report(uid)["draft"]["content"]
+    assert "心率 72 次/分" in machine["findings"] and "医师确认" not in machine["findings"]
+    own_impression = "窦性心律；一度房室传导阻滞，请结合临床。"
+    saved = hub.call("PUT", f"/api/v1/studies/{uid}/report/draft", "county_reader",
+                     {"content": {**machine, "impression": own_impression}})  # fmt: skip
+    assert saved.status_code == 200, saved.text
+
+    corrected = {
+        "measurements": {**{k: MACHINE_ECG[k] for k in machine["measurements"]},
+                         "heart_rate": 64.0, "pr_ms": 236.0, "axis_deg": -30.0},
+        "rhythm": "sinus_brady",
+        "statements": MACHINE_ECG["statements"],
+    }  # fmt: skip
+    response = hub.call("PUT", f"/api/v1/ecg/{uid}/confirmed", "county_reader", corrected)
+    assert response.status_code == 200, response.text
+
+    draft = hub.report(uid)["draft"]
+    assert draft["saved"] is True
+    content = draft["content"]
+    findings = content["findings"]
+    assert "心率 64 次/分" in findings and "PR 间期 236 ms" in findings, findings
+    assert "QRS 电轴 -30°" in findings and findings.startswith("窦性心动过缓，"), findings
+    assert "心率 72" not in findings and "PR 间期 212" not in findings
+    assert findings.endswith("（测量值经医师确认）")
+    assert content["measurements"]["heart_rate"] == 64.0
+    assert content["measurements"]["qrs_ms"] == 92.0  # confirmed as the machine said it
+    assert content["rhythm"] == "sinus_brady"
+    assert content["impression"] == own_impression  # the reader's own words are kept
+
+    # Signing the draft as saved signs the corrected values.
+    signed = hub.sign(uid)
+    assert signed.status_code == 200, signed.text
+    version = signed.json()["versions"][0]["content"]
+    assert version["findings"] == findings
+    assert version["measurements"]["pr_ms"] == 236.0
 
 
 # --- drafts ------------------------------------------------------------------------------------

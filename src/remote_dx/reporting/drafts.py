@@ -8,16 +8,18 @@ through the worklist's own endpoint. The worklist item becomes DRAFTED.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from remote_dx.core.clock import utcnow
-from remote_dx.core.models import Report, ReportStatus, User
+from remote_dx.core.models import ECGAnalysisRecord, Report, ReportStatus, User
 from remote_dx.reporting import access
 from remote_dx.reporting.errors import ReportConflict
 from remote_dx.reporting.schemas import ReportContent
 from remote_dx.reporting.signing import resolve_template
-from remote_dx.reporting.templates import study_template
+from remote_dx.reporting.templates import ecg_prefill, study_template
 from remote_dx.worklist import lease
 
 
@@ -63,3 +65,42 @@ def save_draft(
     session.flush()
     lease.mark_drafted(session, ctx.study.id, by_user_id=user.id)
     return report
+
+
+# What an ECG draft takes from the analysis; the rest (positive, withdrawn) is the reader's own.
+ECG_PREFILLED = ("findings", "impression", "measurements", "rhythm", "statements", "critical")
+
+
+def follow_ecg_confirmation(
+    session: Session,
+    study_pk: int,
+    before: dict[str, Any],
+    record: ECGAnalysisRecord,
+) -> bool:
+    """Carry the reader's newly confirmed ECG values into an already saved draft.
+
+    An unsaved draft is built from the analysis each time it is read, so it shows them anyway;
+    but once the draft is autosaved (the reader opened the ECG and typed) it keeps the machine's
+    text, and the reader would have to retype the corrected values. ``before`` is what the
+    analysis pre-filled before this confirmation: a field of the draft that still equals it
+    (untouched by the reader) takes the new value; a field the reader edited stays as written.
+    Only a DRAFT report changes; a signed one changes only by amendment. Does not commit.
+    Answers whether the draft changed.
+    """
+    report = session.scalar(select(Report).where(Report.study_pk == study_pk))
+    if (
+        report is None
+        or ReportStatus(report.status) is not ReportStatus.DRAFT
+        or report.draft is None
+    ):
+        return False
+    after = ecg_prefill(record)
+    draft = dict(report.draft)
+    changed = False
+    for key in ECG_PREFILLED:
+        if before.get(key) != after.get(key) and draft.get(key) == before.get(key):
+            draft[key] = after[key]
+            changed = True
+    if changed:
+        report.draft = draft  # a new dict: the JSON column sees the change
+    return changed

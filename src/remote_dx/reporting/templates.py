@@ -170,8 +170,11 @@ def ecg_prefill(record: ECGAnalysisRecord | None) -> dict[str, Any]:
     critical_call = confirmed.get("critical")
     if critical_call is None:
         critical_call = bool((machine.get("critical") or {}).get("critical"))
+    reader_said = any(v is not None for v in confirmed_m.values()) or bool(confirmed.get("rhythm"))
     return {
-        "findings": ecg_findings_text(measurements),
+        "findings": ecg_findings_text(
+            measurements, rhythm=confirmed.get("rhythm") or None, confirmed=reader_said
+        ),
         "impression": ecg_impression_text(statements),
         "measurements": measurements,
         "rhythm": rhythm,
@@ -182,14 +185,25 @@ def ecg_prefill(record: ECGAnalysisRecord | None) -> dict[str, Any]:
     }
 
 
-def ecg_findings_text(m: dict[str, Any]) -> str:
+CONFIRMED_LABEL = "（测量值经医师确认）"
+
+
+def ecg_findings_text(
+    m: dict[str, Any], *, rhythm: str | None = None, confirmed: bool = False
+) -> str:
+    """The findings sentence of an ECG report. ``rhythm`` is the reader's confirmed rhythm (a
+    code such as ``sinus``, or free text); the machine's rhythm already opens the impression.
+    ``confirmed`` labels the values as the reader's, so nobody signs them as machine output."""
+
     def fmt(key: str) -> str:
         value = m.get(key)
         return "—" if value is None else f"{value:.0f}"
 
+    lead = f"{TEXTS.get(rhythm, (rhythm, ''))[0]}，" if rhythm else ""
     return (
-        f"心率 {fmt('heart_rate')} 次/分，PR 间期 {fmt('pr_ms')} ms，QRS 时限 {fmt('qrs_ms')} ms，"
-        f"QT/QTc {fmt('qt_ms')}/{fmt('qtc_bazett_ms')} ms，QRS 电轴 {fmt('axis_deg')}°。"
+        f"{lead}心率 {fmt('heart_rate')} 次/分，PR 间期 {fmt('pr_ms')} ms，"
+        f"QRS 时限 {fmt('qrs_ms')} ms，QT/QTc {fmt('qt_ms')}/{fmt('qtc_bazett_ms')} ms，"
+        f"QRS 电轴 {fmt('axis_deg')}°。" + (CONFIRMED_LABEL if confirmed else "")
     )
 
 

@@ -34,6 +34,8 @@ from remote_dx.ecg.render import downsample_leads, render
 from remote_dx.ecg.schemas import ConfirmedECG, ReacquireNotice, UploadAnswer
 from remote_dx.ingest.ecg_upload import MAX_UPLOAD_BYTES, UploadForm, UploadRejected, upload_ecg
 from remote_dx.ingest.instance import Sender
+from remote_dx.reporting.drafts import follow_ecg_confirmation
+from remote_dx.reporting.templates import ecg_prefill
 from remote_dx.worklist.schemas import iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["ecg"])
@@ -200,7 +202,10 @@ def confirm(
             status.HTTP_403_FORBIDDEN,
             detail="only readers of the pool this ECG was routed to can confirm it",
         )
+    # The draft pre-filled from the analysis follows the confirmation (see follow_ecg_confirmation).
+    before = ecg_prefill(service.analysis_record(session, study))
     record = service.store_confirmed(session, study, user, body.model_dump(), utcnow())
+    follow_ecg_confirmation(session, study.id, before, record)
     session.commit()
     return _json(
         {
