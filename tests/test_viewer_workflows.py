@@ -186,6 +186,12 @@ def test_reader_amends_confirms_answers_and_acknowledges(
     # --- second signature: the junior's preliminary report, confirmed by a senior ---------------
     junior = _sign_by_api(live_hub, reader, studies["second"], "心影稍大。")
     assert junior["status"] == "preliminary", junior
+    # The junior sees it read-only: no confirm button (it would answer 403), a note instead.
+    _open(page, base, f"study/{studies['second']}")
+    assert page.locator(".report-panel").get_attribute("data-status") == "preliminary"
+    page.wait_for_selector(".report-panel .awaiting-senior", timeout=TIMEOUT_MS)
+    assert page.locator(".report-panel button[name=confirm]").count() == 0
+    assert page.locator(".report-panel textarea[name=impression]").is_disabled()
     _login(page, base, "county_senior", SENIOR_PASSWORD)
     _open(page, base, f"study/{studies['second']}")
     assert page.locator(".report-panel").get_attribute("data-status") == "preliminary"

@@ -272,6 +272,8 @@ export interface Me {
   full_name: string;
   role: string;
   institution: string;
+  /** May give a preliminary report its second signature (senior reader, 副主任医师/主任医师). */
+  senior: boolean;
 }
 
 export interface TemplateView {

@@ -12,6 +12,7 @@ import {
   type ReportContent,
   type ReportView,
   type TemplateView,
+  username,
 } from '../api';
 import { clear, h, toast } from '../dom';
 import { lang, locale, t } from '../i18n';
@@ -25,15 +26,29 @@ export interface ReportPanel {
   dispose(): Promise<void>;
 }
 
-let me: Promise<Me | null> | null = null;
+interface MeCache {
+  user: string | null;
+  answer: Promise<Me | null>;
+}
 
-/** Who is logged in (for the consulted pool's answer form); asked once per page load. */
+let me: MeCache | null = null;
+
+/**
+ * Who is logged in (the consulted pool's answer form, the second signature); asked once per
+ * login: logging out and in as someone else does not reload the page, so the cache is keyed by
+ * the username the login stored.
+ */
 function whoAmI(): Promise<Me | null> {
-  me ??= api<Me>('GET', '/auth/me').catch(() => {
-    me = null;
-    return null;
-  });
-  return me;
+  const user = username();
+  if (me === null || me.user !== user) {
+    const asked: MeCache = { user, answer: api<Me>('GET', '/auth/me') };
+    asked.answer = asked.answer.catch(() => {
+      if (me === asked) me = null;
+      return null;
+    });
+    me = asked;
+  }
+  return me.answer;
 }
 
 function when(iso: string | null | undefined): string {
@@ -61,8 +76,15 @@ export async function reportPanel(
     api<ConsultationView[]>('GET', `/studies/${studyUid}/consultations`).catch(() => [] as ConsultationView[]),
     whoAmI(),
   ]);
-  const holder = claimError === null;
   const status = report.status;
+  // Only a senior may give the second signature (the server answers 403 to anyone else): a
+  // junior sees the preliminary report read-only, with a note saying whose step it is, and
+  // gives back at once the lease the claim above took, which would hold off the senior's
+  // confirmation (409, claimed by another reader) until it ran out.
+  const mayConfirm = status === 'preliminary' && user?.senior === true;
+  const onlyReads = status === 'preliminary' && !mayConfirm;
+  if (claimError === null && onlyReads) void api('POST', `/worklist/${studyUid}/release`).catch(() => undefined);
+  const holder = claimError === null && !onlyReads;
   const signed = status !== null && status !== 'draft';
   if (!holder && !signed) toast(`${t('claimFailed')}: ${claimError!.detail}`, 'error');
   const editable = holder && !signed;
@@ -317,11 +339,13 @@ export async function reportPanel(
 
   const statements = (content.statements ?? []).filter((s) => s.zh || s.en);
   const actions = status === 'preliminary'
-    ? h('div.actions', [confirmButton])
+    ? mayConfirm
+      ? h('div.actions', [confirmButton])
+      : h('p.read-only.awaiting-senior', t('awaitingSenior'))
     : status === 'final' || status === 'amended'
       ? h('div.actions', [amendButton])
       : h('div.actions', [state, escalateButton, signButton]);
-  if (status === 'preliminary') findings.disabled = impression.disabled = false; // the senior may edit
+  if (mayConfirm) findings.disabled = impression.disabled = false; // the senior may edit
   const element = h('aside.report-panel', { dataset: { status: status ?? 'new' } }, [
     h('h2', t('report')),
     header,
