@@ -4,6 +4,7 @@ full parse gives, for native and encapsulated objects, and no parse on later req
 from __future__ import annotations
 
 import io
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -247,16 +248,38 @@ def test_large_encapsulated_frames_are_read_by_range(
 
     assert wado.stored_frames(spy, ref, [1], plan) == [pydicom_frames[0]]
     assert spy.gets == []
+    if has_bot and frames > 1:  # the offset table gave the layout: no pass over the items
+        assert sum(length for _, length in spy.ranges) < len(data) / 4
     spy.ranges.clear()  # the layout is kept: from here on, only the frames' own bytes are read
     asked = sorted({frames, max(1, frames // 2)})
     for number in asked:
         assert wado.stored_frames(spy, ref, [number], plan) == [pydicom_frames[number - 1]]
     assert spy.gets == []
-    # Each read is the frame's fragments and the item headers between them, nothing more.
+    # Each read is the frame's fragments with their item headers (and, for the last frame,
+    # the sequence delimiter), nothing more.
     assert len(spy.ranges) == len(asked)
-    assert sum(length for _, length in spy.ranges) == sum(
-        len(pydicom_frames[n - 1]) + 8 * (fragments_per_frame - 1) for n in asked
+    assert (
+        sum(length for _, length in spy.ranges)
+        <= sum(len(pydicom_frames[n - 1]) + 8 * fragments_per_frame for n in asked) + 8
     )
+
+
+def test_a_wrong_offset_table_falls_back_to_walking_the_items(
+    spy: SpyStore, small_threshold: None
+) -> None:
+    rng = np.random.default_rng(11)
+    codestreams = [rng.bytes(300_000) + b"\xff\xd9" for _ in range(8)]
+    encapsulated = bytearray(encapsulate(codestreams, 1, has_bot=True))
+    (second,) = struct.unpack_from("<I", encapsulated, 12)
+    struct.pack_into("<I", encapsulated, 12, second + 8)  # frame 2 "starts" inside an item
+    data = _multiframe(str(JPEG2000Lossless), bytes(encapsulated), 8)
+    ref = _large_ref(spy, data, str(JPEG2000Lossless))
+    plan = wado.frame_plan(AS_STORED, ref.transfer_syntax_uid)
+    assert wado.stored_frames(spy, ref, [1], plan) == [codestreams[0]]
+    assert sum(length for _, length in spy.ranges) > len(data) / 2  # the items were walked
+    spy.ranges.clear()
+    assert wado.stored_frames(spy, ref, [2, 8], plan) == [codestreams[1], codestreams[7]]
+    assert spy.gets == [] and len(spy.ranges) == 2  # the walked layout was kept
 
 
 def test_large_objects_not_sliceable_by_range_take_the_full_path(

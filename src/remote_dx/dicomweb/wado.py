@@ -215,13 +215,40 @@ class FrameLayout:
     # Only when a frame is split over several fragments (encapsulated, found by ranged reads):
     # each frame's fragment values, whose bytes joined are the frame; ``ranges`` then spans them.
     fragments: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # True when the ranges come from a Basic Offset Table: each is a run of whole items (the
+    # last one up to the object's end), and the frame is their values joined.
+    items: bool = False
 
     def frame(self, number: int, span: bytes) -> bytes:
-        """Frame ``number`` (from 1) out of ``span``, the bytes of its range."""
+        """Frame ``number`` (from 1) out of ``span``, the bytes of its range. Raises ValueError
+        when an offset table's range does not hold whole items (the table is wrong)."""
+        if self.items:
+            return _item_values(span, last=number == len(self.ranges))
         start = self.ranges[number - 1][0]
         if self.fragments is None:
             return span
         return b"".join(span[a - start : b - start] for a, b in self.fragments[number - 1])
+
+
+def _item_values(span: bytes, last: bool) -> bytes:
+    """The values of the items that fill ``span`` (the last frame's: up to the delimiter)."""
+    position, values = 0, []
+    while position < len(span):
+        if position + 8 > len(span):
+            raise ValueError("an item header is cut off")
+        tag, length = struct.unpack_from("<II", span, position)
+        if tag == _SEQUENCE_END and last:
+            break
+        if tag != _ITEM or length == 0xFFFFFFFF or position + 8 + length > len(span):
+            raise ValueError("not an item where the offset table points")
+        values.append(span[position + 8 : position + 8 + length])
+        position += 8 + length
+    else:
+        if last:
+            raise ValueError("no sequence delimiter after the last frame")
+    if not values:
+        raise ValueError("no fragment in the frame")
+    return b"".join(values)
 
 
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
@@ -306,6 +333,11 @@ class _Layouts:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return layout
+
+    def put(self, key: str, layout: FrameLayout | None) -> None:
+        with self._lock:
+            self._items[key] = layout
+            self._items.move_to_end(key)
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -424,10 +456,38 @@ def _group(
     )
 
 
-def ranged_layout(store: RangedReads, key: str, size: int) -> FrameLayout | None:
+def _table_layout(
+    store: RangedReads, key: str, start: int, size: int, count: int
+) -> FrameLayout | None:
+    """Frames as runs of items from a Basic Offset Table with one offset per frame: one small
+    read instead of a pass over all the items (None: no such table)."""
+    if count < 1:
+        return None
+    head = store.get_range(key, start, 8 + 4 * count)
+    if len(head) < 8 + 4 * count:
+        return None
+    tag, length = struct.unpack_from("<II", head)
+    if tag != _ITEM or length != 4 * count:
+        return None
+    table = struct.unpack_from(f"<{count}I", head, 8)
+    first = start + 8 + length
+    if table[0] != 0 or any(b <= a for a, b in itertools.pairwise(table)):
+        return None
+    if first + table[-1] + 8 > size:
+        return None
+    ends = [first + offset for offset in table[1:]] + [size]
+    return FrameLayout(
+        tuple((first + offset, end) for offset, end in zip(table, ends, strict=True)), items=True
+    )
+
+
+def ranged_layout(
+    store: RangedReads, key: str, size: int, use_table: bool = True
+) -> FrameLayout | None:
     """The frames' byte ranges in the object of ``size`` bytes under ``key``, found with ranged
-    reads (the header; for encapsulated data one pass over the fragment items), or None when
-    they cannot be read as stored (big endian, deflated, float pixels, no Pixel Data)."""
+    reads (the header; for encapsulated data the Basic Offset Table when ``use_table`` and it
+    has one offset per frame, else one pass over the fragment items), or None when they cannot
+    be read as stored (big endian, deflated, float pixels, no Pixel Data)."""
     found = _header(store, key)
     if found is None:
         return None
@@ -437,6 +497,8 @@ def ranged_layout(store: RangedReads, key: str, size: int) -> FrameLayout | None
     if syntax.is_encapsulated:
         if length != 0xFFFFFFFF:
             return None
+        if use_table and (table := _table_layout(store, key, start, size, count)) is not None:
+            return table
         walked = _walk_items(store, key, start, size)
         return _group(*walked, count) if walked is not None else None
     if not _is_native_le(str(syntax)) or str(syntax) == _DEFLATED or length == 0xFFFFFFFF:
@@ -471,7 +533,10 @@ def _read_frames(
             return None
         for number in run:
             a, b = layout.ranges[number - 1]
-            found[number] = layout.frame(number, data[a - low : b - low])
+            try:
+                found[number] = layout.frame(number, data[a - low : b - low])
+            except ValueError:
+                return None
     return [found[n] for n in numbers]
 
 
@@ -499,9 +564,15 @@ def stored_frames(
                 if number > count:
                     raise NotFound(f"frame {number} not found: the instance has {count}")
             answer = _read_frames(store, key, layout, numbers)
+            if answer is None and layout.items:
+                # The offset table points elsewhere than at the frames' items: walk the items.
+                layout = ranged_layout(store, key, size, use_table=False)
+                _layouts.put(key, layout)
+                if layout is not None and all(n <= len(layout.ranges) for n in numbers):
+                    answer = _read_frames(store, key, layout, numbers)
             if answer is not None:
                 return answer
-            _layouts.forget(key)  # shorter than its layout says: the full parse will tell why
+            _layouts.forget(key)  # not what its layout says: the full parse will tell why
     data = cached_get(store, key)
     if not plan.transcode:
         layout = _layouts.get(key, lambda: frame_layout(data))
