@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +29,7 @@ from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import Device, Institution, Study, StudyStatus, WorklistItem
 from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings, reset_settings
+from remote_dx.dicomweb import wado
 from remote_dx.dicomweb.metadata import metadata_key
 from remote_dx.dicomweb.multipart import parse_media_type
 from remote_dx.ingest.instance import Sender, file_instance
@@ -528,6 +530,34 @@ def test_frames_of_one_object_read_it_once(
     for frame in ("1", "2", "1"):
         assert _frames(client, rgb, frame, EXPLICIT).status_code == 200
     assert len([k for k in reads if k.startswith("dicom/")]) == 1
+
+
+def test_frames_of_a_large_object_are_read_by_range(
+    client: TestClient, archive: dict[str, Filed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the size the object cache keeps (lowered here), the route reads only the frames'
+    byte ranges: the object's size comes from the index with the instance's reference."""
+    monkeypatch.setattr(wado, "RANGED_MIN_BYTES", 1)
+    store = client.app.state.store
+    whole: list[str] = []
+    ranged: list[tuple[str, int, int]] = []
+    get, get_range = store.get, store.get_range
+
+    def counting(key: str) -> bytes:
+        whole.append(key)
+        return get(key)
+
+    def counting_range(key: str, offset: int, length: int) -> bytes:
+        ranged.append((key, offset, length))
+        return get_range(key, offset, length)
+
+    monkeypatch.setattr(store, "get", counting)
+    monkeypatch.setattr(store, "get_range", counting_range)
+    rgb = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    expected = list(generate_frames(rgb.PixelData, number_of_frames=2))
+    two = _parts(_frames(client, archive["rgb"], "2,1", STORED))
+    assert [body for _, body in two] == [expected[1], expected[0]]
+    assert ranged and not [k for k in whole if k.startswith("dicom/")]
 
 
 def test_metadata_leaves_out_a_malformed_value(
