@@ -553,8 +553,8 @@ def stored_frames(
     key = ref.object_key
     if (
         not plan.transcode
-        and isinstance(store, RangedReads)
         and (ref.size_bytes or 0) >= RANGED_MIN_BYTES
+        and isinstance(store, RangedReads)  # a protocol check: not for every small object
     ):
         size = int(ref.size_bytes or 0)
         layout = _layouts.get(key, lambda: ranged_layout(store, key, size))
