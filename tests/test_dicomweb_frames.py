@@ -336,3 +336,14 @@ def test_ranged_path_gives_the_full_parse_bytes(
     assert wado.stored_frames(spy, ref, numbers, plan) == wado.frames(ds, numbers, plan)
     # Big endian frames are swapped on the way out: not sliceable, so read whole.
     assert (spy.gets != []) == (name == "MR_small_bigendian.dcm")
+
+
+def test_fewer_fragments_than_number_of_frames_is_not_found_not_a_crash() -> None:
+    """Three frames promised, two fragments stored, no offset table: frame 3 is a 404 that says
+    why (it raised KeyError, a 500, before)."""
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    ds.NumberOfFrames = 3
+    plan = wado.frame_plan(AS_STORED, str(ds.file_meta.TransferSyntaxUID))
+    assert len(wado.frames(ds, [1, 2], plan)) == 2
+    with pytest.raises(NotFound, match="fewer frames than its NumberOfFrames"):
+        wado.frames(ds, [3], plan)

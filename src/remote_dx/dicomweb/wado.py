@@ -196,6 +196,14 @@ def frames(ds: Dataset, numbers: Sequence[int], plan: Plan) -> list[bytes]:
                 found[index] = frame
             if len(found) == len(wanted):
                 break
+        missing = sorted(wanted - found.keys())
+        if missing:
+            # NumberOfFrames promises more than the fragments hold (no end-of-image markers
+            # where frames should end): say which frames are not there rather than fail.
+            raise NotFound(
+                f"frame {missing[0]} not found: the stored pixel data holds fewer frames than "
+                f"its NumberOfFrames ({count})"
+            )
         return [found[n] for n in numbers]
     size = _native_frame_size(ds)
     data = ds.PixelData
