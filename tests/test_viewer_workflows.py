@@ -177,6 +177,13 @@ def test_reader_amends_confirms_answers_and_acknowledges(
     page.fill(".analysis input[name=confirm-heart_rate]", "72")
     page.click(".analysis button[name=ecg-confirm]")
     page.wait_for_selector(".analysis .confirmed-by[data-confirmed=yes]", timeout=TIMEOUT_MS)
+    # The report panel beside shows the corrected values, labelled, without retyping.
+    findings = ".report-panel textarea[name=findings]"
+    page.wait_for_function(
+        f"() => document.querySelector('{findings}')?.value.includes('医师确认')",
+        timeout=TIMEOUT_MS,
+    )
+    assert "心率 72 次/分" in page.locator(findings).input_value()
     screenshot("03-ecg-confirmed")
     analysis = live_hub.api("GET", f"/api/v1/ecg/{studies['ecg']}/analysis", reader).json()
     assert analysis["confirmed"]["measurements"]["heart_rate"] == 72

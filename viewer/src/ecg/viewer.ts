@@ -3,6 +3,7 @@
 import { api, type StudyDetail } from '../api';
 import { clear, h, toast } from '../dom';
 import { lang, t } from '../i18n';
+import { ECG_CONFIRMED_EVENT } from '../report/panel';
 import { type Caliper, ECGCanvas, type Leads } from './canvas';
 
 type Analysis = Record<string, any>;
@@ -60,6 +61,8 @@ function analysisBox(studyUid: string, analysis: Analysis | null): HTMLElement {
         stamp.dataset.confirmed = 'yes';
         stamp.textContent = `${t('ecgConfirmed')} · ${answer.confirmed?.confirmed_by ?? ''} · ${new Date(answer.confirmed_at).toLocaleString()}`;
         toast(t('ecgConfirmed'));
+        // The report panel beside takes the confirmed values into its draft (report/panel.ts).
+        document.dispatchEvent(new CustomEvent(ECG_CONFIRMED_EVENT, { detail: studyUid }));
       } catch (error) {
         toast((error as Error).message, 'error');
       } finally {

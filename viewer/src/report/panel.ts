@@ -18,6 +18,9 @@ import { clear, h, toast } from '../dom';
 import { lang, locale, t } from '../i18n';
 
 const AUTOSAVE_MS = 1200;
+/** The ECG page dispatches this on document, with the study UID, once the reader's
+ * confirmed measurements are stored; the panel then takes them into its draft. */
+export const ECG_CONFIRMED_EVENT = 'rdx:ecg-confirmed';
 const RENEW_MS = 120_000;
 
 export interface ReportPanel {
@@ -145,6 +148,36 @@ export async function reportPanel(
     template = templateSelect.value;
     changed();
   });
+
+  /**
+   * The ECG page beside stored the reader's confirmed measurements: the server has carried them
+   * into the draft (or into the pre-filling of an unsaved one); show them here too, without
+   * overwriting what the reader has typed since the last save, and without letting a pending
+   * autosave put the machine's values back.
+   */
+  async function followEcgConfirmation(event: Event): Promise<void> {
+    if (!editable || finished || (event as CustomEvent<string>).detail !== studyUid) return;
+    window.clearTimeout(saveTimer);
+    await saving;
+    let next: ReportContent | undefined;
+    try {
+      next = (await api<ReportView>('GET', `/studies/${studyUid}/report`)).draft?.content;
+    } catch {
+      next = undefined;
+    }
+    if (next && !finished) {
+      const findingsKept = findings.value !== content.findings;
+      const impressionKept = impression.value !== content.impression;
+      content.measurements = next.measurements;
+      content.rhythm = next.rhythm;
+      content.statements = next.statements;
+      content.critical = next.critical;
+      if (!findingsKept) findings.value = content.findings = next.findings ?? '';
+      if (!impressionKept) impression.value = content.impression = next.impression ?? '';
+    }
+    if (dirty) await save();
+  }
+  if (modality === 'ECG') document.addEventListener(ECG_CONFIRMED_EVENT, followEcgConfirmation);
 
   // Autosave renews nothing: keep the lease while the reader has the study open.
   const renewTimer = holder
@@ -369,6 +402,7 @@ export async function reportPanel(
     element,
     sign,
     async dispose() {
+      document.removeEventListener(ECG_CONFIRMED_EVENT, followEcgConfirmation);
       window.clearInterval(renewTimer);
       window.clearTimeout(saveTimer);
       if (finished) return;
