@@ -449,9 +449,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
+        default=2,
         help="receiver processes of our peers (remote-dx scp --processes N: one acceptor hands "
-        "each association to the least-loaded process); default 1, see bench/README.md",
+        "each association to the least-loaded process); default 2, one per core of the 2-core "
+        "machines this is measured on, see bench/README.md",
     )
     parser.add_argument(
         "--baseline",
