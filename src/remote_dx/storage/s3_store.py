@@ -86,22 +86,7 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         validate_key(key)
-        self._ensure_bucket()
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                raise ObjectNotFound(key) from exc
-            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
-        try:
-            return response.read()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageUnavailable(f"S3 get {key} interrupted: {exc}") from exc
-        finally:
-            response.close()
-            response.release_conn()
+        return self._read(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset``: one ranged GET (``Range: bytes=a-b``), so a
@@ -113,13 +98,17 @@ class S3Store:
             if not self.exists(key):
                 raise ObjectNotFound(key)
             return b""
+        return self._read(key, offset=offset, length=length)
+
+    def _read(self, key: str, **ranged: int) -> bytes:
+        """One GET of the object, or of the byte range ``ranged`` names (offset, length)."""
         self._ensure_bucket()
         try:
-            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            response = self.client.get_object(self.bucket, key, **ranged)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise ObjectNotFound(key) from exc
-            if exc.code == "InvalidRange":  # the offset is at or past the end
+            if ranged and exc.code == "InvalidRange":  # the offset is at or past the end
                 return b""
             raise StorageUnavailable(f"S3 get {key} failed: {exc}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
