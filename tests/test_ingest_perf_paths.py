@@ -663,7 +663,17 @@ def test_wal_flushes_are_shared_across_receiver_processes(
             assert release.wait(10)
         real_fdatasync(fd)
 
+    asked: dict[str, threading.Event] = {"b": threading.Event(), "c": threading.Event()}
+    real_flock = core_db.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        name = threading.current_thread().name
+        if operation == core_db.fcntl.LOCK_EX and name in asked:
+            asked[name].set()  # it has read the flush numbers and now waits for the lock
+        real_flock(fd, operation)
+
     monkeypatch.setattr(core_db.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(core_db.fcntl, "flock", flock)
     a.sync()  # alone: flushes
     b.sync()  # after a's flush completed: needs its own
     assert started == ["MainThread", "MainThread"]
@@ -678,7 +688,7 @@ def test_wal_flushes_are_shared_across_receiver_processes(
     third = threading.Thread(target=c.sync, name="c")
     second.start()
     third.start()
-    time.sleep(0.2)  # both are waiting for a's lock
+    assert asked["b"].wait(10) and asked["c"].wait(10)  # both wait for a's lock
     release.set()
     for thread in (first, second, third):
         thread.join(10)
