@@ -263,22 +263,15 @@ _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 _SEQUENCE_END = 0xE0DDFFFE
 
 
-def _fragments(data: bytes, start: int) -> list[tuple[int, int]] | None:
-    """Byte ranges of the fragments of encapsulated Pixel Data whose value starts at ``start``
-    (PS3.5 A.4: a Basic Offset Table item, then one item per fragment, then a delimiter)."""
-    position, found, first = start, [], True
-    while position + 8 <= len(data):
-        tag, length = struct.unpack_from("<II", data, position)
-        position += 8
-        if tag == _SEQUENCE_END:
-            return found
-        if tag != _ITEM or length == 0xFFFFFFFF or position + length > len(data):
-            return None
-        if not first:
-            found.append((position, position + length))
-        first = False
-        position += length
-    return None
+class _InMemory:
+    """Bytes already read, offered as ranged reads, so that a layout found from them walks the
+    fragment items with the same code as one found by ranged reads of a stored object."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
 
 
 def frame_layout(data: bytes) -> FrameLayout | None:
@@ -299,26 +292,20 @@ def frame_layout(data: bytes) -> FrameLayout | None:
         tell = getattr(element, "file_tell", None)
     if tell is None:
         return None
-    starts = [int(tell)]
+    start = int(tell)
     count = frame_count(ds)
     if syntax.is_encapsulated:
-        for start in starts:
-            fragments = _fragments(data, start)
-            if fragments is not None:
-                return FrameLayout(tuple(fragments)) if len(fragments) == count else None
-        return None
+        walked = _walk_items(_InMemory(data), "", start, len(data))
+        if walked is None or len(walked[0]) != count:
+            return None
+        return FrameLayout(tuple(walked[0]))
     if not _is_native_le(str(syntax)) or "PixelData" not in ds:
         return None
     size = _native_frame_size(ds)
     value = ds.PixelData
-    if len(value) < size * count:
+    if len(value) < size * count or data[start : start + len(value)] != value:
         return None
-    for start in starts:  # the start whose bytes are the value
-        if data[start : start + len(value)] == value:
-            return FrameLayout(
-                tuple((start + i * size, start + i * size + size) for i in range(count))
-            )
-    return None
+    return FrameLayout(tuple((start + i * size, start + i * size + size) for i in range(count)))
 
 
 class _Layouts:
