@@ -18,7 +18,6 @@ Prints the first request, then median / max of the rest in ms, and the bytes rea
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import statistics
 import sys
@@ -29,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support import multiframe_cine
 
 from bench.s3 import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
 from remote_dx.dicomweb import wado
@@ -66,41 +66,19 @@ class Counting:
         return data
 
 
-def cine(syntax: str, pixel_data: bytes) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "XA"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 512, 512, 1
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = FRAMES
-    ds.PixelData = pixel_data
-    if syntax == str(JPEG2000Lossless):
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = syntax
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
 def objects() -> dict[str, tuple[str, bytes]]:
     rng = np.random.default_rng(1)
     native = rng.integers(0, 4096, (FRAMES, 512, 512), dtype="<u2").tobytes()
     fragments = [rng.bytes(int(rng.integers(400_000, 600_000))) for _ in range(FRAMES)]
     return {
-        "native": ("1.2.840.10008.1.2.1", cine("1.2.840.10008.1.2.1", native)),
+        "native": ("1.2.840.10008.1.2.1", multiframe_cine("1.2.840.10008.1.2.1", native, FRAMES)),
         "encapsulated": (
             str(JPEG2000Lossless),
-            cine(str(JPEG2000Lossless), encapsulate(fragments)),
+            multiframe_cine(str(JPEG2000Lossless), encapsulate(fragments), FRAMES),
         ),
         "encaps-noBOT": (
             str(JPEG2000Lossless),
-            cine(str(JPEG2000Lossless), encapsulate(fragments, has_bot=False)),
+            multiframe_cine(str(JPEG2000Lossless), encapsulate(fragments, has_bot=False), FRAMES),
         ),
     }
 

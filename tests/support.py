@@ -1,11 +1,15 @@
-"""Helpers shared by tests (not fixtures): ports, server probes, paths."""
+"""Helpers shared by tests and benches (not fixtures): ports, server probes, paths, test objects."""
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -43,3 +47,29 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
         time.sleep(interval)
+
+
+def multiframe_cine(syntax: str, pixel_data: bytes, frames: int) -> bytes:
+    """A Part 10 X-ray angiography cine of ``frames`` 512×512 12-bit frames: ``pixel_data`` as
+    given, native or (for an encapsulated ``syntax``) already encapsulated."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic: a cine
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "XA"
+    ds.PatientName = "Ranged^Frames"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 512, 512, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixel_data
+    if UID(syntax).is_encapsulated:
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == "1.2.840.10008.1.2")
+    return out.getvalue()

@@ -13,9 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from remote_dx.core.errors import NotFound
 from remote_dx.dicomweb import wado
@@ -23,6 +22,7 @@ from remote_dx.dicomweb.access import InstanceRef
 from remote_dx.storage.base import ObjectStore
 from remote_dx.storage.file_store import FileStore
 from remote_dx.storage.s3_store import S3Store
+from tests.support import multiframe_cine
 
 AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -137,33 +137,9 @@ def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wado, "RANGED_MIN_BYTES", 1024 * 1024)
 
 
-def _multiframe(syntax: str, pixel_data: bytes, frames: int) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic: a cine
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "XA"
-    ds.PatientName = "Ranged^Frames"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 512, 512, 1
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = frames
-    ds.PixelData = pixel_data
-    if UID(syntax).is_encapsulated:
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = syntax
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == "1.2.840.10008.1.2")
-    return out.getvalue()
-
-
 def _native_cine(syntax: str = str(ExplicitVRLittleEndian), frames: int = 20) -> bytes:
     pixels = np.random.default_rng(5).integers(0, 4096, (frames, 512, 512), dtype="<u2")
-    return _multiframe(syntax, pixels.tobytes(), frames)
+    return multiframe_cine(syntax, pixels.tobytes(), frames)
 
 
 def _encapsulated_cine(frames: int, fragments_per_frame: int, has_bot: bool) -> bytes:
@@ -175,7 +151,7 @@ def _encapsulated_cine(frames: int, fragments_per_frame: int, has_bot: bool) -> 
         rng.bytes(int(rng.integers(low, 2 * low)) | 1) + b"\xff\xd9" for _ in range(frames)
     ]
     encapsulated = encapsulate(codestreams, fragments_per_frame, has_bot=has_bot)
-    return _multiframe(str(JPEG2000Lossless), encapsulated, frames)
+    return multiframe_cine(str(JPEG2000Lossless), encapsulated, frames)
 
 
 def _large_ref(spy: SpyStore, data: bytes, syntax: str) -> InstanceRef:
@@ -272,7 +248,7 @@ def test_a_wrong_offset_table_falls_back_to_walking_the_items(
     encapsulated = bytearray(encapsulate(codestreams, 1, has_bot=True))
     (second,) = struct.unpack_from("<I", encapsulated, 12)
     struct.pack_into("<I", encapsulated, 12, second + 8)  # frame 2 "starts" inside an item
-    data = _multiframe(str(JPEG2000Lossless), bytes(encapsulated), 8)
+    data = multiframe_cine(str(JPEG2000Lossless), bytes(encapsulated), 8)
     ref = _large_ref(spy, data, str(JPEG2000Lossless))
     plan = wado.frame_plan(AS_STORED, ref.transfer_syntax_uid)
     assert wado.stored_frames(spy, ref, [1], plan) == [codestreams[0]]
