@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from remote_dx.core.errors import StorageUnavailable
@@ -215,24 +215,16 @@ class FileStore:
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        except OSError as exc:
-            raise StorageUnavailable(f"file store cannot read {key}: {exc}") from exc
-        try:
-            return self._legacy_path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            raise ObjectNotFound(key) from exc
-        except OSError as exc:
-            raise StorageUnavailable(f"file store cannot read {key}: {exc}") from exc
+        return self._read(key, _read_all)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (one frame of a large multi-frame object)."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
+        return self._read(key, lambda fd: _pread(fd, offset, length))
+
+    def _read(self, key: str, read: Callable[[int], bytes]) -> bytes:
+        """``read`` the object's open file: at its shard path, or where older versions kept it."""
         for path in (self._path(key), self._legacy_path(key)):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -241,15 +233,7 @@ class FileStore:
             except OSError as exc:
                 raise StorageUnavailable(f"file store cannot read {key}: {exc}") from exc
             try:
-                parts: list[bytes] = []
-                done = 0
-                while done < length:  # pread may return less than asked (2 GiB cap on Linux)
-                    chunk = os.pread(fd, length - done, offset + done)
-                    if not chunk:
-                        break
-                    parts.append(chunk)
-                    done += len(chunk)
-                return b"".join(parts)
+                return read(fd)
             except OSError as exc:
                 raise StorageUnavailable(f"file store cannot read {key}: {exc}") from exc
             finally:
@@ -379,3 +363,20 @@ def _fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    with open(fd, "rb", closefd=False) as file:
+        return file.read()
+
+
+def _pread(fd: int, offset: int, length: int) -> bytes:
+    parts: list[bytes] = []
+    done = 0
+    while done < length:  # pread may return less than asked (2 GiB cap on Linux)
+        chunk = os.pread(fd, length - done, offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
