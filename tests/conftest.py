@@ -31,6 +31,7 @@ POSTGRES_URL = os.environ.get(
     "RDX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("RDX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+JWT_SECRET = "test-secret-not-for-production-0123456789"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -85,7 +86,7 @@ def settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         http_port=free_port(),
         quiet_seconds=2.0,
         sweep_interval=0.2,
-        jwt_secret="test-secret-not-for-production-0123456789",
+        jwt_secret=JWT_SECRET,
     )
     for key, val in settings_env(value).items():
         monkeypatch.setenv(key, val)
@@ -106,7 +107,7 @@ def _seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     template = Settings(
         data_dir=tmp_path_factory.mktemp("seeded") / "var",
         database_url="",
-        jwt_secret="test-secret-not-for-production-0123456789",
+        jwt_secret=JWT_SECRET,
     )
     _migrate_and_seed(template)
     dispose_engines()  # the last connection's close checkpoints the WAL into the file
