@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import uvicorn
 
+from remote_dx.core.heap import freeze_startup_heap
 from remote_dx.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def _serve_http(settings: Settings) -> None:
         http="auto",
         loop="auto",
     )
+    freeze_startup_heap()  # the app is built: its routes, models and imports live as long as we do
     uvicorn.Server(config).run()
 
 

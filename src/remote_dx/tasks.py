@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from celery.apps.worker import Worker as CeleryWorker
 from sqlalchemy.exc import OperationalError
 
 from remote_dx import filesystem_broker, pipeline
@@ -51,6 +52,7 @@ from remote_dx.core import db as core_db
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import get_engine, get_sessionmaker, refresh_planner_statistics
 from remote_dx.core.errors import DatabaseUnavailable, StorageUnavailable
+from remote_dx.core.heap import freeze_startup_heap
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.ecg.service import preload_analysis
 from remote_dx.ingest.study import (
@@ -461,9 +463,13 @@ _signal_sweeper: Sweeper | None = None
 
 
 @signals.worker_init.connect
-def _on_worker_init(**_: Any) -> None:
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
     _ensure_broker_folders(current_settings())
     preload_analysis()  # in the prefork parent: every child starts with it imported
+    if isinstance(sender, CeleryWorker):
+        # A worker process of its own (`remote-dx worker`, `celery worker`), not the embedded
+        # WorkController inside `serve` or a test: its heap is frozen before the pool forks.
+        freeze_startup_heap()
 
 
 @signals.worker_ready.connect

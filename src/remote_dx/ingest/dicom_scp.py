@@ -55,6 +55,7 @@ from remote_dx.core.errors import (
     InvalidInstance,
     StorageUnavailable,
 )
+from remote_dx.core.heap import freeze_startup_heap
 from remote_dx.core.models import Device
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.instance import Sender, file_instance
@@ -668,7 +669,9 @@ def run_receiver(settings: Settings, processes: int = 1) -> None:
     """
     _configure_logging(settings)
     if processes <= 1:
-        _serve_until_stopped(start_receiver(settings))
+        receiver = start_receiver(settings)
+        freeze_startup_heap()
+        _serve_until_stopped(receiver)
         return
     from remote_dx.ingest.transport import AssociationDispatcher
 
@@ -734,6 +737,7 @@ def _receiver_process(settings: Settings, channel: socket.socket) -> None:
     _configure_logging(settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     receiver = start_receiver(settings, channel=channel)
+    freeze_startup_heap()  # before it tells the dispatcher it is ready
     ready = getattr(receiver.server, "ready", None)
     if ready is not None:
         ready()
