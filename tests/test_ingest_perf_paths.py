@@ -566,6 +566,66 @@ def test_uid_validation_is_remembered_but_still_refuses_bad_uids() -> None:
     assert pdu_items.set_uid(None, "Abstract Syntax Name") is None
 
 
+def test_a_uid_object_passed_on_is_remembered_too() -> None:
+    from pydicom.uid import UID
+    from pynetdicom import presentation
+
+    import remote_dx.ingest.transport  # noqa: F401
+
+    uid = UID("1.2.840.10008.5.1.4.1.1.2")  # pynetdicom hands its own UIDs from item to context
+    first = presentation.set_uid(uid, "abstract_syntax", True, False, True)
+    assert presentation.set_uid(UID(str(uid)), "abstract_syntax", True, False, True) is first
+    private = UID("1.2.3.4.5")
+    private.set_private_encoding(False, True)
+    kept = presentation.set_uid(private, "abstract_syntax", True, False, True)
+    assert kept._PRIVATE_TS_ENCODING == (False, True)  # such a UID is passed on, never shared
+    with pytest.raises(ValueError):
+        presentation.set_uid(UID("1.2." + "3" * 70), "abstract_syntax", True, False, True)
+
+
+def test_transfer_syntaxes_are_checked_once_and_added_as_before(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydicom import uid as pydicom_uid
+    from pynetdicom.presentation import PresentationContext
+
+    import remote_dx.ingest.transport  # noqa: F401  (installs the memoised add_transfer_syntax)
+
+    first = PresentationContext()
+    first.add_transfer_syntax(b"1.2.840.10008.1.2.1")
+    first.add_transfer_syntax("1.2.840.10008.1.2.1")  # no duplicates, as in pynetdicom
+    assert first.transfer_syntax == ["1.2.840.10008.1.2.1"]
+    PresentationContext().add_transfer_syntax("1.2.840.10008.1.2.1")  # the str form, added
+
+    checks: list[str] = []
+    real_is_valid = pydicom_uid.UID.is_valid
+    monkeypatch.setattr(
+        pydicom_uid.UID,
+        "is_valid",
+        property(lambda self: checks.append(str(self)) or real_is_valid.fget(self)),
+    )
+    second = PresentationContext()
+    second.add_transfer_syntax(b"1.2.840.10008.1.2.1")
+    second.add_transfer_syntax("1.2.840.10008.1.2.1")
+    assert second.transfer_syntax == ["1.2.840.10008.1.2.1"]
+    assert type(second.transfer_syntax[0]) is pydicom_uid.UID
+    assert checks == []  # remembered: not matched against the UI expression again
+
+    # A UID that is no transfer syntax, or a non-conformant one, is warned about every time.
+    for syntax, warning in (
+        ("1.2.840.10008.5.1.4.1.1.2", "not a transfer syntax"),
+        ("1.2.03.4", "non-conformant"),
+    ):
+        for _ in range(2):
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="pynetdicom"):
+                PresentationContext().add_transfer_syntax(syntax)
+            assert warning in caplog.text
+    for _ in range(2):  # and one too long refused every time
+        with pytest.raises(ValueError):
+            PresentationContext().add_transfer_syntax("1.2." + "3" * 70)
+
+
 # -- several receiver processes: the dispatcher (ingest/transport.py) -------------------------
 
 

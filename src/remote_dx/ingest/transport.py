@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import _config, _handlers, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -70,6 +71,13 @@ NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_tcp_nodelay)
 _UID_CACHE_MAX = 4096
 
 
+def _cacheable(value: Any) -> bool:
+    # A UID that carries a private transfer syntax's encoding is passed on as it is.
+    return type(value) in (str, bytes) or (
+        type(value) is UID and not hasattr(value, "_PRIVATE_TS_ENCODING")
+    )
+
+
 def _memoised_set_uid(set_uid: Any) -> Any:
     if getattr(set_uid, "rdx_memoised", False):
         return set_uid
@@ -82,7 +90,9 @@ def _memoised_set_uid(set_uid: Any) -> Any:
         allow_none: bool = True,
         validate: bool = True,
     ) -> Any:
-        if type(value) not in (str, bytes):  # None, a UID already, anything else: as is
+        # A UID already made (pynetdicom passes its own UIDs on from item to primitive to
+        # context) is checked again by set_uid like a string: remembered the same way.
+        if not _cacheable(value):  # None or anything else: as is
             return set_uid(value, name, allow_empty, allow_none, validate)
         key = (type(value), value, name, allow_empty, allow_none, validate)
         uid = cache.get(key)
@@ -96,11 +106,46 @@ def _memoised_set_uid(set_uid: Any) -> Any:
     return cached
 
 
+def _memoised_add_transfer_syntax(add: Any) -> Any:
+    """``PresentationContext.add_transfer_syntax`` with its checks done once per syntax.
+
+    Every proposed context of every association adds its transfer syntaxes one by one, each
+    made a UID and matched against the UI expression three times. A syntax that was once added
+    without any warning (a valid UID naming a transfer syntax, or a private one) is added again
+    as that same UID; anything else goes through pynetdicom's checks and logging every time.
+    """
+    if getattr(add, "rdx_memoised", False):
+        return add
+    accepted: dict[tuple[type, Any], UID] = {}
+
+    def add_transfer_syntax(context: PresentationContext, syntax: Any) -> None:
+        key = (type(syntax), syntax) if _cacheable(syntax) else None
+        uid = accepted.get(key) if key is not None else None
+        if uid is not None:
+            if uid not in context._transfer_syntax:
+                context._transfer_syntax.append(uid)
+            return
+        before = len(context._transfer_syntax)
+        add(context, syntax)
+        if key is None or len(context._transfer_syntax) == before:
+            return
+        added = context._transfer_syntax[-1]
+        quiet = added.is_valid and (added.is_private or added.is_transfer_syntax)
+        if quiet and len(accepted) < _UID_CACHE_MAX:
+            accepted[key] = added
+
+    add_transfer_syntax.rdx_memoised = True  # type: ignore[attr-defined]
+    return add_transfer_syntax
+
+
 def _memoise_uid_validation() -> None:
     from pynetdicom import pdu_items, pdu_primitives, presentation
 
     for module in (pdu_items, pdu_primitives, presentation):
         module.set_uid = _memoised_set_uid(module.set_uid)  # type: ignore[attr-defined]
+    PresentationContext.add_transfer_syntax = _memoised_add_transfer_syntax(  # type: ignore[method-assign]
+        PresentationContext.add_transfer_syntax
+    )
 
 
 _memoise_uid_validation()
