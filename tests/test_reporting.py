@@ -347,6 +347,52 @@ def test_confirmed_ecg_values_reach_the_saved_draft_labelled_as_confirmed(hub: H
     assert version["measurements"]["pr_ms"] == 236.0
 
 
+def test_an_autosave_made_before_an_ecg_confirmation_cannot_put_the_machine_values_back(
+    hub: Hub,
+) -> None:
+    """The browser's autosave was on its way (made from revision 1, with the machine's values)
+    when the reader confirmed corrected measurements: the server refuses it (409, naming the
+    draft's revision), keeps the confirmed values, and the reader's text saves on that
+    revision."""
+    uid = add_study(hub, modality="ECG", machine_ecg=MACHINE_ECG)
+    hub.claim(uid)
+    path = f"/api/v1/studies/{uid}/report/draft"
+    suggestion = hub.report(uid)["draft"]
+    assert suggestion["saved"] is False and suggestion["revision"] == 0
+    machine = suggestion["content"]
+    first = hub.call("PUT", path, "county_reader", {"content": machine, "base_revision": 0})
+    assert first.status_code == 200, first.text
+    assert first.json()["draft"]["revision"] == 1
+
+    corrected = {
+        "measurements": {**{k: MACHINE_ECG[k] for k in machine["measurements"]}, "pr_ms": 236.0},
+        "statements": MACHINE_ECG["statements"],
+    }
+    assert hub.call("PUT", f"/api/v1/ecg/{uid}/confirmed", "county_reader", corrected).is_success
+    assert hub.report(uid)["draft"]["revision"] == 2  # the confirmation changed the draft
+
+    typed = "一度房室传导阻滞，请结合临床。"
+    stale = {"content": {**machine, "impression": typed}, "base_revision": 1}
+    refused = hub.call("PUT", path, "county_reader", stale)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["revision"] == 2 and "revision 1" in refused.json()["detail"]
+    kept = hub.report(uid)["draft"]["content"]
+    assert kept["measurements"]["pr_ms"] == 236.0 and "PR 间期 236 ms" in kept["findings"]
+
+    # What the viewer does next: take the newer draft, keep the reader's text, save on it.
+    retry = {"content": {**kept, "impression": typed}, "base_revision": 2}
+    saved = hub.call("PUT", path, "county_reader", retry)
+    assert saved.status_code == 200, saved.text
+    draft = hub.report(uid)["draft"]
+    assert draft["revision"] == 3
+    assert draft["content"]["impression"] == typed
+    assert draft["content"]["measurements"]["pr_ms"] == 236.0
+
+    # A client that names no revision overwrites, as before.
+    blind = hub.call("PUT", path, "county_reader", {"content": machine})
+    assert blind.status_code == 200 and blind.json()["draft"]["revision"] == 4
+
+
 # --- drafts ------------------------------------------------------------------------------------
 
 

@@ -506,6 +506,9 @@ class Report(Base):
     critical: Mapped[bool] = mapped_column(Boolean, default=False)
     draft: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # autosaved, unsigned content
     draft_saved_at: Mapped[datetime | None]
+    # One more on every change of the draft: an autosave names the revision it was made from,
+    # and one made from an older draft is refused instead of overwriting the newer one.
+    draft_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ReportVersion(Base):

@@ -3,6 +3,12 @@
 Only the holder of the study's lease saves a draft (a reader whose lease lapsed but whom nobody
 replaced still holds it, as for renewal). Saving renews nothing: the browser renews the lease
 through the worklist's own endpoint. The worklist item becomes DRAFTED.
+
+Every change of the draft (a save, an ECG confirmation carried into it) counts its revision up.
+A save that names the revision it was made from (``base_revision``) is refused when the draft
+has moved on since: optimistic concurrency, as HTTP's If-Match (RFC 9110 §13.1.1), so an
+autosave that was already on its way when the reader confirmed the ECG's measurements cannot
+put the machine's values back, and a second tab cannot overwrite the first one's text.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ def save_draft(
     *,
     content: ReportContent,
     template: str | None = None,
+    base_revision: int | None = None,
     now: datetime | None = None,
 ) -> Report:
     """Store ``content`` as the study's draft. Does not commit.
 
     Raises ReportNotFound (404), NotPermitted (403: not a qualified reader of the pool),
-    ReportConflict (409: not the lease holder, or already signed), InvalidReport (422: template).
+    ReportConflict (409: not the lease holder, already signed, or ``base_revision`` given and no
+    longer the draft's revision), InvalidReport (422: template).
     """
     now = now or utcnow()
     ctx = access.load(session, user, study_uid, lock=True)
@@ -47,6 +55,14 @@ def save_draft(
             "a signed report changes only by amendment"
         )
     access.require_lease(user, ctx.item, now)
+    revision = (report.draft_revision or 0) if report is not None else 0
+    if base_revision is not None and base_revision != revision:
+        raise ReportConflict(
+            f"the draft has changed since revision {base_revision} (it is at revision "
+            f"{revision}: confirmed ECG values carried into it, or a save from elsewhere); "
+            "reload it and save again",
+            revision=revision,
+        )
     fallback = report.template if report is not None else study_template(ctx.study, ctx.modality)
     chosen = resolve_template(template, fallback)
     if report is None:
@@ -61,6 +77,7 @@ def save_draft(
     report.template = chosen.code
     report.draft = content.stored()
     report.draft_saved_at = now
+    report.draft_revision = revision + 1
     report.author_id = user.id
     session.flush()
     lease.mark_drafted(session, ctx.study.id, by_user_id=user.id)
@@ -103,4 +120,5 @@ def follow_ecg_confirmation(
             changed = True
     if changed:
         report.draft = draft  # a new dict: the JSON column sees the change
+        report.draft_revision = (report.draft_revision or 0) + 1  # older autosaves now refused
     return changed

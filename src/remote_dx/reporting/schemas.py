@@ -61,6 +61,13 @@ class DraftBody(BaseModel):
 
     template: str | None = Field(None, max_length=64, description="template code; default: kept")
     content: ReportContent
+    base_revision: int | None = Field(
+        None,
+        ge=0,
+        description="the draft's `revision` this content was made from (0: the template's "
+        "suggestion); when given and the draft has changed since, the save is refused with 409 "
+        "and the newer draft is kept. Omitted: the save overwrites whatever is there.",
+    )
 
 
 class SignBody(BaseModel):
@@ -118,6 +125,9 @@ class DraftView(BaseModel):
     content: dict[str, Any]
     saved_at: Timestamp | None = Field(description="null: a suggestion from the template")
     saved: bool
+    revision: int = Field(
+        0, description="changes with every save of the draft (0: nothing saved); see base_revision"
+    )
 
 
 class ReportView(BaseModel):

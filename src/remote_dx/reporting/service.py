@@ -132,6 +132,7 @@ def report_view(session: Session, user: User, study_uid: str, *, key: HubKey) ->
                 content=report.draft,
                 saved_at=report.draft_saved_at,
                 saved=True,
+                revision=report.draft_revision or 0,
             )
         elif report is None or ReportStatus(report.status) is ReportStatus.DRAFT:
             record = ctx.ecg_record(session)
@@ -140,6 +141,7 @@ def report_view(session: Session, user: User, study_uid: str, *, key: HubKey) ->
                 content=initial_content(TEMPLATES[template], record),
                 saved_at=None,
                 saved=False,
+                revision=(report.draft_revision or 0) if report is not None else 0,
             )
     return ReportView(
         study_uid=ctx.study.study_uid,

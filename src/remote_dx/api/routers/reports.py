@@ -92,7 +92,12 @@ def put_draft(
         study_uid,
         key,
         lambda: service.save_draft(
-            session, user, study_uid, content=body.content, template=body.template
+            session,
+            user,
+            study_uid,
+            content=body.content,
+            template=body.template,
+            base_revision=body.base_revision,
         ),
     )
 
