@@ -10,6 +10,7 @@ Screenshots go to ``test-artifacts/``.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,43 @@ def test_reader_amends_confirms_answers_and_acknowledges(
     assert analysis["confirmed"]["measurements"]["heart_rate"] == 72
     assert analysis["confirmed"]["confirmed_by"] == "county_reader"
     assert analysis["heart_rate"] == before["heart_rate"]  # the machine's value is kept beside
+
+    # --- the draft moves on under the page (a confirmation made elsewhere): the page's next
+    # autosave is refused (409, made from an older revision), takes the newer draft, keeps
+    # what the reader typed over it and saves again, without an error -----------------------
+    impression = page.locator(".report-panel textarea[name=impression]")
+    report_path = f"/api/v1/studies/{studies['ecg']}/report"
+
+    def draft() -> dict[str, Any]:
+        return live_hub.api("GET", report_path, reader).json()["draft"]
+
+    def wait_for_draft(check: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while not check(current := draft()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert check(current), current
+        return current
+
+    impression.fill("窦性心律。")
+    saved = wait_for_draft(lambda d: d["saved"] and d["content"]["impression"] == "窦性心律。")
+    confirmed = {
+        "measurements": {**analysis["confirmed"]["measurements"], "heart_rate": 75},
+        "statements": analysis["confirmed"]["statements"],
+    }
+    elsewhere = live_hub.api(
+        "PUT", f"/api/v1/ecg/{studies['ecg']}/confirmed", reader, json=confirmed
+    )
+    assert elsewhere.status_code == 200, elsewhere.text
+    assert draft()["revision"] == saved["revision"] + 1  # carried into the saved draft
+    impression.fill("窦性心律，请结合临床。")
+    final = wait_for_draft(lambda d: d["content"]["impression"] == "窦性心律，请结合临床。")
+    assert "心率 75 次/分" in final["content"]["findings"], final  # not put back to 72
+    assert final["revision"] == saved["revision"] + 2
+    page.wait_for_function(
+        f"() => document.querySelector('{findings}')?.value.includes('心率 75 次/分')",
+        timeout=TIMEOUT_MS,
+    )
+    assert page.locator(".toast.error", has_text="revision").count() == 0
 
     # --- second signature: the junior's preliminary report, confirmed by a senior ---------------
     junior = _sign_by_api(live_hub, reader, studies["second"], "心影稍大。")

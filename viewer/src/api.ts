@@ -245,7 +245,8 @@ export interface ReportView {
   signed_at: string | null;
   confirmed_by: { name: string } | null;
   confirmed_at: string | null;
-  draft: { template: string; content: ReportContent; saved_at: string | null; saved: boolean } | null;
+  // revision: counts every change of the draft; a save names the one it was made from.
+  draft: { template: string; content: ReportContent; saved_at: string | null; saved: boolean; revision: number } | null;
   versions: ReportVersion[];
 }
 

@@ -103,6 +103,12 @@ export async function reportPanel(
   let dirty = false;
   let savedOnce = Boolean(report.draft?.saved);
   let finished = false;
+  // The draft's revision this page last saved or loaded, and the text the server then had: a
+  // save names the revision (the server refuses one made from an older draft), and text that
+  // differs from `synced` is the reader's own typing, which a newer server draft never replaces.
+  let revision = report.draft?.revision ?? 0;
+  let synced = { findings: content.findings ?? '', impression: content.impression ?? '' };
+  let conflicts = 0;
 
   const state = h('span.save-state', { role: 'status' }, savedOnce ? t('saved') : '');
   const findings = h('textarea', { name: 'findings', rows: 10, value: content.findings, disabled: !editable });
@@ -125,21 +131,64 @@ export async function reportPanel(
 
   async function save(): Promise<void> {
     if (!editable || !dirty) return;
+    await saving; // one save at a time: each names the revision the one before it made
+    if (!dirty || finished) return;
     dirty = false;
     content.findings = findings.value;
     content.impression = impression.value;
+    const sent = { findings: content.findings, impression: content.impression };
     state.textContent = t('saving');
-    saving = api('PUT', `/studies/${studyUid}/report/draft`, { json: { template, content } })
-      .then(() => {
+    saving = api<ReportView>('PUT', `/studies/${studyUid}/report/draft`, {
+      json: { template, content, base_revision: revision },
+    })
+      .then((view) => {
+        revision = view.draft?.revision ?? revision + 1;
+        synced = sent;
+        conflicts = 0;
         savedOnce = true;
         state.textContent = `${t('saved')} ${new Date().toLocaleTimeString(locale())}`;
       })
-      .catch((error: Error) => {
+      .catch(async (error: Error) => {
         dirty = true;
         state.textContent = t('unsaved');
+        const newer = error instanceof ApiError && error.status === 409
+          && typeof (error.body as { revision?: unknown } | null)?.revision === 'number';
+        if (newer && conflicts++ < 3 && (await takeServerDraft())) {
+          // The draft moved on meanwhile (confirmed ECG values carried into it, another tab):
+          // what the reader typed is kept over it and saved again, at once.
+          window.clearTimeout(saveTimer);
+          saveTimer = window.setTimeout(save, 0);
+          return;
+        }
         toast(error.message, 'error');
       });
     await saving;
+  }
+
+  /**
+   * Take the server's draft: its structured ECG values (measurements, rhythm, statements, the
+   * critical call) always, its text wherever the reader has not typed since the last save.
+   */
+  async function takeServerDraft(): Promise<boolean> {
+    let next: ReportView['draft'] | undefined;
+    try {
+      next = (await api<ReportView>('GET', `/studies/${studyUid}/report`)).draft;
+    } catch {
+      return false;
+    }
+    if (!next || finished) return false;
+    revision = next.revision;
+    const server = next.content;
+    content.measurements = server.measurements;
+    content.rhythm = server.rhythm;
+    content.statements = server.statements;
+    content.critical = server.critical;
+    const serverText = { findings: server.findings ?? '', impression: server.impression ?? '' };
+    if (findings.value === synced.findings) findings.value = content.findings = serverText.findings;
+    if (impression.value === synced.impression) impression.value = content.impression = serverText.impression;
+    synced = serverText;
+    if (findings.value !== synced.findings || impression.value !== synced.impression) dirty = true;
+    return true;
   }
 
   findings.addEventListener('input', changed);
@@ -159,22 +208,7 @@ export async function reportPanel(
     if (!editable || finished || (event as CustomEvent<string>).detail !== studyUid) return;
     window.clearTimeout(saveTimer);
     await saving;
-    let next: ReportContent | undefined;
-    try {
-      next = (await api<ReportView>('GET', `/studies/${studyUid}/report`)).draft?.content;
-    } catch {
-      next = undefined;
-    }
-    if (next && !finished) {
-      const findingsKept = findings.value !== content.findings;
-      const impressionKept = impression.value !== content.impression;
-      content.measurements = next.measurements;
-      content.rhythm = next.rhythm;
-      content.statements = next.statements;
-      content.critical = next.critical;
-      if (!findingsKept) findings.value = content.findings = next.findings ?? '';
-      if (!impressionKept) impression.value = content.impression = next.impression ?? '';
-    }
+    await takeServerDraft();
     if (dirty) await save();
   }
   if (modality === 'ECG') document.addEventListener(ECG_CONFIRMED_EVENT, followEcgConfirmation);
