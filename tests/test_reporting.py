@@ -506,6 +506,15 @@ def test_second_signature_junior_preliminary_senior_final(hub: Hub) -> None:
         path = f"/api/v1/studies/{uid}/report/confirm"
         junior = hub.call("POST", path, "county_junior")
         assert junior.status_code == 403 and "junior" in junior.json()["detail"]
+        # A junior may read it but not claim it: a lease would only hold the senior off (409).
+        claim = f"/api/v1/worklist/{uid}/claim"
+        for reader in ("county_junior", "county_reader"):
+            refused = hub.call("POST", claim, reader)
+            assert refused.status_code == 403, refused.text
+            assert "second signature" in refused.json()["detail"]
+        assert hub.item(uid).claimed_by_id is None
+        assert hub.report(uid, "county_junior")["status"] == "preliminary"  # still readable
+        assert hub.call("POST", claim, "county_senior").status_code == 200
         assert hub.call("POST", path, "tech_xiping").status_code == 403
         assert hub.call("POST", path, "province_reader").status_code == 404
         amend = hub.call("POST", f"/api/v1/studies/{uid}/report/amend", "county_senior",

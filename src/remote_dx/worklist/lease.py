@@ -10,7 +10,8 @@ States of a :class:`WorklistItem` (``status``, ``claimed_by_id``, ``lease_expire
 
 - **claim**: a qualified reader of the item's pool (role reader/senior reader/supervisor, the
   study's modalities among ``User.modalities``, the item's section among ``User.sections``)
-  takes the item if nobody holds an unexpired lease; claiming one's own item renews it.
+  takes the item if nobody holds an unexpired lease; claiming one's own item renews it. A study
+  whose preliminary report awaits the second signature is claimed by senior readers only.
 - **renew**: the holder extends the lease (draft autosave calls it).
 - **release**: the holder, or a supervisor (administrator) of the pool, lets it go.
 - **reassign**: a supervisor (administrator) hands it to a named qualified reader.
@@ -39,6 +40,8 @@ from remote_dx.core import errors
 from remote_dx.core.clock import utcnow
 from remote_dx.core.models import (
     Institution,
+    Report,
+    ReportStatus,
     Role,
     RoutingDecision,
     RoutingDecisionKind,
@@ -260,12 +263,32 @@ def claim(
     """
     now = now or utcnow()
     item = _load(session, user, study_uid)
-    problem = qualification_problem(user, item)
+    problem = qualification_problem(user, item) or _second_signature_problem(session, user, item)
     if problem is not None:
         raise NotAllowed(problem)
     view = _take(session, user, study_uid, user, lease=lease, now=now, force=False)
     log.info("study %s claimed by %s until %s", study_uid, user.username, view.lease_expires_at)
     return view
+
+
+def _second_signature_problem(session: Session, user: User, item: _Item) -> str | None:
+    """Why ``user`` may not claim a study whose preliminary report awaits a senior (None: may).
+
+    A junior's preliminary signature leaves only the senior's second signature (二级审核) to do;
+    another junior can read the report but do nothing with a lease except hold the senior off
+    (confirming needs no other holder), so such a claim is refused rather than granted.
+    """
+    from remote_dx.reporting.access import is_senior  # reporting builds on the worklist
+
+    if is_senior(user):
+        return None
+    status = session.scalar(select(Report.status).where(Report.study_pk == item.study_pk))
+    if status is None or ReportStatus(status) is not ReportStatus.PRELIMINARY:
+        return None
+    return (
+        f"the preliminary report of study {item.study_uid} awaits a senior reader's second "
+        "signature (二级审核); a junior reader can read it but not claim it"
+    )
 
 
 def renew(

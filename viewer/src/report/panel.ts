@@ -81,12 +81,10 @@ export async function reportPanel(
   ]);
   const status = report.status;
   // Only a senior may give the second signature (the server answers 403 to anyone else): a
-  // junior sees the preliminary report read-only, with a note saying whose step it is, and
-  // gives back at once the lease the claim above took, which would hold off the senior's
-  // confirmation (409, claimed by another reader) until it ran out.
+  // junior sees the preliminary report read-only, with a note saying whose step it is. The
+  // server refuses a junior's claim of such a study too, so no lease holds the senior off.
   const mayConfirm = status === 'preliminary' && user?.senior === true;
   const onlyReads = status === 'preliminary' && !mayConfirm;
-  if (claimError === null && onlyReads) void api('POST', `/worklist/${studyUid}/release`).catch(() => undefined);
   const holder = claimError === null && !onlyReads;
   const signed = status !== null && status !== 'draft';
   if (!holder && !signed) toast(`${t('claimFailed')}: ${claimError!.detail}`, 'error');
