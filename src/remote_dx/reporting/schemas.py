@@ -126,7 +126,9 @@ class DraftView(BaseModel):
     saved_at: Timestamp | None = Field(description="null: a suggestion from the template")
     saved: bool
     revision: int = Field(
-        0, description="changes with every save of the draft (0: nothing saved); see base_revision"
+        0,
+        description="counts every change of the draft: a save, or confirmed ECG values carried "
+        "into it (0: nothing saved); see base_revision",
     )
 
 
