@@ -65,7 +65,10 @@ def test_a_receiver_process_freezes_before_it_reports_ready(
 def test_only_a_worker_process_of_its_own_freezes_at_worker_init(
     thawed: None, monkeypatch: pytest.MonkeyPatch, sender: Any, frozen: bool
 ) -> None:
+    preloaded: list[bool] = []
     monkeypatch.setattr(tasks, "_ensure_broker_folders", lambda _settings: None)
-    monkeypatch.setattr(tasks, "preload_analysis", lambda: None)
+    monkeypatch.setattr(tasks, "preload_analysis", lambda: preloaded.append(True))
     tasks._on_worker_init(sender=sender)
     assert (gc.get_freeze_count() > 0) is frozen
+    # The embedded worker imports the analysis in its own thread, not in the one building it.
+    assert bool(preloaded) is frozen

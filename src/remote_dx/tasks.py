@@ -465,10 +465,13 @@ _signal_sweeper: Sweeper | None = None
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     _ensure_broker_folders(current_settings())
-    preload_analysis()  # in the prefork parent: every child starts with it imported
     if isinstance(sender, CeleryWorker):
-        # A worker process of its own (`remote-dx worker`, `celery worker`), not the embedded
-        # WorkController inside `serve` or a test: its heap is frozen before the pool forks.
+        # A worker process of its own (`remote-dx worker`, `celery worker`): in the prefork
+        # parent, so every child starts with the analysis imported and the heap frozen. The
+        # embedded WorkController fires this signal too, in the thread that builds it (serve's
+        # main thread, before the web server answers); it imports in its own thread instead
+        # (EmbeddedWorker._run).
+        preload_analysis()
         freeze_startup_heap()
 
 
