@@ -61,3 +61,9 @@ def validate_key(key: str) -> str:
     ):
         raise ValueError(f"invalid object key: {key!r}")
     return key
+
+
+def validate_range(offset: int, length: int) -> None:
+    """A byte range of :meth:`RangedReads.get_range`; both backends share that rule."""
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must not be negative")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from remote_dx.core.errors import StorageUnavailable
-from remote_dx.storage.base import ObjectNotFound, validate_key
+from remote_dx.storage.base import ObjectNotFound, validate_key, validate_range
 
 Buffer = bytes | bytearray | memoryview
 
@@ -219,8 +219,7 @@ class FileStore:
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (one frame of a large multi-frame object)."""
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        validate_range(offset, length)
         return self._read(key, lambda fd: _pread(fd, offset, length))
 
     def _read(self, key: str, read: Callable[[int], bytes]) -> bytes:

@@ -15,7 +15,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from remote_dx.core.errors import StorageUnavailable
-from remote_dx.storage.base import ObjectNotFound, validate_key
+from remote_dx.storage.base import ObjectNotFound, validate_key, validate_range
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound"}
 _MIN_PART = 5 * 1024 * 1024  # the SDK refuses a smaller part_size
@@ -91,8 +91,7 @@ class S3Store:
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset``: one ranged GET (``Range: bytes=a-b``), so a
         frame of a 150 MB cine costs its own size on the wire, not the object's."""
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        validate_range(offset, length)
         validate_key(key)
         if length == 0:  # the SDK reads "length 0" as "to the end"
             if not self.exists(key):
