@@ -535,6 +535,13 @@ def _read_frames(
     return [found[n] for n in numbers]
 
 
+def _require_frames(layout: FrameLayout, numbers: Sequence[int]) -> None:
+    count = len(layout.ranges)
+    for number in numbers:
+        if number > count:
+            raise NotFound(f"frame {number} not found: the instance has {count}")
+
+
 def stored_frames(
     store: ObjectStore, ref: InstanceRef, numbers: Sequence[int], plan: Plan
 ) -> list[bytes]:
@@ -554,10 +561,7 @@ def stored_frames(
         size = int(ref.size_bytes or 0)
         layout = _layouts.get(key, lambda: ranged_layout(store, key, size))
         if layout is not None:
-            count = len(layout.ranges)
-            for number in numbers:
-                if number > count:
-                    raise NotFound(f"frame {number} not found: the instance has {count}")
+            _require_frames(layout, numbers)
             answer = _read_frames(store, key, layout, numbers)
             if answer is None and layout.items:
                 # The offset table points elsewhere than at the frames' items: walk the items.
@@ -572,10 +576,7 @@ def stored_frames(
     if not plan.transcode:
         layout = _layouts.get(key, lambda: frame_layout(data))
         if layout is not None:
-            count = len(layout.ranges)
-            for number in numbers:
-                if number > count:
-                    raise NotFound(f"frame {number} not found: the instance has {count}")
+            _require_frames(layout, numbers)
             return [data[slice(*layout.ranges[n - 1])] for n in numbers]
     ds = pydicom.dcmread(io.BytesIO(data))
     answer = frames(ds, numbers, plan)
