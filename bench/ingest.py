@@ -117,6 +117,30 @@ def warm_page_cache(corpus: Corpus) -> None:
                 pass
 
 
+def recycle_guest_memory(scratch: Path, nbytes: int) -> None:
+    """Write and delete ``nbytes`` of scratch file so the next run's writes land in used RAM.
+
+    On these VMs the host backs a page of guest memory only when the guest first touches it,
+    and the guest's balloon driver hands free pages back within seconds. A page-cache write
+    into such a page costs ~2.3 µs per 4 KB on top of the copy: 525 KB took 1.0–1.25 ms into
+    fresh memory and 0.10–0.13 ms into memory just freed by a deleted file; 8.4 MB, 19 ms vs
+    1.6 ms (bench/README.md, "Seventh pass"). A peer that happened to write right after
+    another run's files were deleted got warm pages and the other one cold; a server that has
+    been up for a while only has warm ones. A file written and unlinked at once (never flushed,
+    so no disk blocks are allocated or discarded) leaves that many warm pages on the free
+    lists, taken first by the run that follows.
+    """
+    chunk = bytes(1 << 20)
+    path = scratch / f"recycle-{os.getpid()}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(-(-nbytes // len(chunk))):
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def process_tree_cpu(pid: int | None) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants (``/proc/PID/stat``).
 
@@ -265,6 +289,7 @@ def run_one(
     weed: s3.SeaweedS3 | None,
     processes: int = 1,
     finished: list[Path] | None = None,
+    recycle: bool = True,
 ) -> Result:
     """One timed run of ``mode`` on a fresh peer. Its files are deleted at once, or, with
     ``finished``, left for the caller to delete after the block of repeats: on these VMs,
@@ -278,6 +303,9 @@ def run_one(
     try:
         peer.start()
         os.sync()  # start from a quiet disk: nothing of the previous run still being written
+        if recycle:
+            # The stored files plus the index and logs: a quarter more than the corpus.
+            recycle_guest_memory(scratch, corpus.total_bytes * 5 // 4)
         timeout = 120 + corpus.total_bytes / 2e6  # ≥ 2 MB/s or it's broken anyway
         cpu_before = process_tree_cpu(_peer_pid(peer))
         elapsed, acked, error = send(peer, corpus, parallel, timeout, workdir)
@@ -473,6 +501,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a before/after pair measured in the same load window",
     )
     parser.add_argument(
+        "--cold-memory",
+        action="store_true",
+        help="skip the warm-up that gives each run recently used guest memory to write into "
+        "(see recycle_guest_memory): shows the VM's first-touch cost",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -553,7 +587,14 @@ def main(argv: list[str] | None = None) -> int:
                     # right after another one.
                     for mode in modes[repeat % len(modes) :] + modes[: repeat % len(modes)]:
                         result = run_one(
-                            mode, corpus, parallel, scratch, weed, args.processes, finished
+                            mode,
+                            corpus,
+                            parallel,
+                            scratch,
+                            weed,
+                            args.processes,
+                            finished,
+                            recycle=not args.cold_memory,
                         )
                         results.append(result)
                         status = result.error or (
