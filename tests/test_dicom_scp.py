@@ -281,6 +281,31 @@ def test_duplicate_send_is_idempotent(
     assert count_instances(db) == 1
 
 
+def test_store_is_served_in_the_thread_that_read_it(
+    receiver: Receiver, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-STORE is filed by the association's DUL thread, not handed to its reactor thread."""
+    from pynetdicom.dul import DULServiceProvider
+
+    from remote_dx.ingest import dicom_scp
+
+    threads: list[threading.Thread] = []
+    file_instance = dicom_scp.file_instance
+
+    def recording(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread())
+        return file_instance(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dicom_scp, "file_instance", recording)
+    files = [make_copy("CT_small.dcm", tmp_path), make_copy("waveform_ecg.dcm", tmp_path)]
+    assert c_store(receiver.port, files) == [0x0000, 0x0000]
+    assert len(threads) == 2
+    assert all(isinstance(thread, DULServiceProvider) for thread in threads)
+    assert threads[0] is threads[1]  # one association, one thread
+    assert count_instances(db) == 2
+    assert echo(receiver.port)  # other services still go through the reactor
+
+
 def truncated(path: Path, fraction: float) -> Path:
     data = path.read_bytes()
     out = path.with_name(f"truncated-{path.name}")

@@ -228,6 +228,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._run_loop_delay = 0
 
     def _wake(self) -> None:
+        if threading.current_thread() is self:
+            return  # a C-STORE served in this thread: the loop sends its answer next anyway
         with contextlib.suppress(OSError):  # already poked (buffer full) or closed
             self._wake_w.send(b"\0")
 
@@ -282,11 +284,19 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
     EVT_DIMSE_RECV / EVT_DIMSE_SENT (those handlers are given pynetdicom's decoded messages).
     Every other message, and any C-STORE command set this reader does not fully understand,
     is handed to pynetdicom's decoder unchanged.
+
+    With ``serve_stores`` such a C-STORE request is also served in the DUL thread that read
+    it, by the association's own ``_serve_request`` (the same Storage Service Class SCP, the
+    same EVT_C_STORE handler and answer), instead of being queued for the association's
+    reactor thread. A sender waits for each answer (one outstanding operation, PS3.7
+    §D.3.3.3), so the DUL thread has nothing else to do meanwhile; what it saves is the two
+    thread hand-offs per instance (request to the reactor, response back).
     """
 
     def __init__(self, assoc: Association, wake: threading.Event) -> None:
         super().__init__(assoc)
         self._wake = wake
+        self.serve_stores = False
         self.msg_queue = _SignallingQueue(wake)
         self._command: list[bytes] = []  # command fragments of the message being received
         self._store: tuple[int, StoreRequest] | None = None  # a C-STORE-RQ awaiting its data set
@@ -365,6 +375,9 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
         finally:
             for fragment in fragments:
                 fragment.release()
+        if self.serve_stores and threading.current_thread() is self.dul:
+            self.assoc._serve_request(primitive, context_id)
+            return
         self.msg_queue.put((context_id, primitive))
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
@@ -440,6 +453,9 @@ def make_event_driven(assoc: Association) -> None:
     new.to_user_queue = _SignallingQueue(wake)
     assoc.dul = new
     assoc.dimse = EventDrivenDIMSE(assoc, wake)
+    # pynetdicom grants one outstanding operation at most (its Asynchronous Operations Window
+    # answer is always 1/1, PS3.7 §D.3.3.3), so the sender waits for each answer anyway.
+    assoc.dimse.serve_stores = True
     assoc.rdx_wake = wake  # type: ignore[attr-defined]  # see _ReactorClock
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         # The "standard" handlers format every PDU and DIMSE message for a log line at INFO or
