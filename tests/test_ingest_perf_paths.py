@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 import re
 import signal
@@ -21,6 +22,8 @@ import uuid
 from io import BytesIO
 from pathlib import Path
 
+import pydicom
+import pydicom.data
 import pytest
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import FileMetaDataset
@@ -40,13 +43,20 @@ from remote_dx.core.errors import InvalidInstance
 from remote_dx.core.models import Device, Instance, Series, Study
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import file_meta_bytes
+from remote_dx.ingest.header import (
+    HEADER_TAGS,
+    InstanceHeader,
+    _converted_dataset,
+    _plain_header,
+    read_header,
+)
 from remote_dx.ingest.instance import (
     Sender,
     _InstanceRow,
-    _read_header,
     file_instance,
     parse_part10,
 )
+from remote_dx.ingest.part10 import file_meta_value, walk
 from remote_dx.ingest.presentation import supported_contexts
 from remote_dx.ingest.transport import (
     EventDrivenDIMSE,
@@ -422,9 +432,9 @@ _HEADER_SAMPLES = [
 ]
 
 
-def _filing_rows(ds: object) -> tuple[object, ...]:
+def _filing_rows(header: InstanceHeader) -> tuple[object, ...]:
     sender = Sender(1, 2, "INST", "AE")
-    row = _InstanceRow.of(ds, "key", 10, "sha", sender)  # type: ignore[arg-type]
+    row = _InstanceRow.of(header, "key", 10, "sha", sender)
     return (row.patient, row.study, row.series, row.instance)
 
 
@@ -433,7 +443,60 @@ def _filing_rows(ds: object) -> tuple[object, ...]:
 def test_header_reader_gives_filing_what_a_full_parse_gives(name: str) -> None:
     path = get_testdata_file(name) or next(f for f in get_charset_files() if f.endswith(name))
     data = Path(path).read_bytes()
-    assert _filing_rows(_read_header(data)) == _filing_rows(parse_part10(data))
+    full = InstanceHeader.of_dataset(parse_part10(data))
+    assert _filing_rows(read_header(data)) == _filing_rows(full)
+
+
+def _chinese_instance(charset: str) -> bytes:
+    """A CT slice of a township patient with Chinese texts, as Chinese modalities send them."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = "王^小明=WANG^XIAOMING"
+    ds.ReferringPhysicianName = "李^医生"
+    ds.StudyDescription = "胸部正位 DR"
+    ds.SeriesDescription = "腹部平扫"
+    ds.InstitutionName = "西坪镇卫生院"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _header_samples() -> list[tuple[str, bytes]]:
+    # pydicom's bundled files only (its get_testdata_files may try to download more).
+    bundled = Path(pydicom.data.__file__).parent
+    samples = [(path.name, path.read_bytes()) for path in sorted(bundled.rglob("*.dcm"))]
+    chinese = [(f"{charset}-ct", _chinese_instance(charset)) for charset in _CHINESE_CHARSETS]
+    return [*samples, *chinese]
+
+
+_CHINESE_CHARSETS = ("GB18030", "ISO_IR 192", "GBK")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_plain_header_path_gives_what_pydicom_gives() -> None:
+    """The directly decoded header equals pydicom's, wherever the direct path takes a file."""
+    plain_names = []
+    for name, data in _header_samples():
+        try:
+            syntax = file_meta_value(data, 0x00020010)
+            walked = walk(data, syntax or "", HEADER_TAGS)
+            converted = InstanceHeader.of_dataset(_converted_dataset(walked, syntax or ""))
+        except Exception:
+            continue  # not a well-formed instance: read_header refuses it on either path
+        plain = _plain_header(walked, syntax or "")
+        if plain is not None:
+            plain_names.append(name)
+            assert plain == converted, name
+    # The usual instances take the direct path: CT, MR, the ECG waveform, a GB18030 name.
+    usual = {"CT_small.dcm", "MR_small.dcm", "waveform_ecg.dcm"}
+    assert usual | {f"{charset}-ct" for charset in _CHINESE_CHARSETS} <= set(plain_names)
+    assert len(plain_names) > 50  # of the ~100 bundled files
+    for charset in _CHINESE_CHARSETS:
+        header = read_header(_chinese_instance(charset))
+        assert header.texts["PatientName"] == "王^小明=WANG^XIAOMING"
+        assert header.texts["ReferringPhysicianName"] == "李^医生"
+        assert header.texts["StudyDescription"] == "胸部正位 DR"
+        assert header.texts["SeriesDescription"] == "腹部平扫"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -442,7 +505,7 @@ def test_header_reader_rejects_every_cut(name: str) -> None:
     data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
     for fraction in (0.05, 0.25, 0.5, 0.75, 0.9, 0.999):
         with pytest.raises(InvalidInstance):
-            _read_header(data[: int(len(data) * fraction)])
+            read_header(data[: int(len(data) * fraction)])
 
 
 def test_each_association_gets_its_own_copy_of_the_supported_contexts() -> None:

@@ -24,12 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.tag import Tag
 from pydicom.uid import UID
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,7 +33,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from remote_dx.core.charset import decode_element
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import (
     deferred_flush,
@@ -55,14 +50,16 @@ from remote_dx.core.models import (
     Study,
     StudyStatus,
 )
-from remote_dx.ingest.part10 import PixelData, check_structure, file_meta_value, walk
+from remote_dx.ingest.header import (
+    REQUIRED_UIDS,
+    InstanceHeader,
+    check_pixel_data,
+    read_header,
+)
+from remote_dx.ingest.part10 import check_structure
 from remote_dx.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
-
-_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-# Objects with Rows/Columns whose samples are not in Pixel Data (parametric maps, spectroscopy).
-_OTHER_PIXEL_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData", "SpectroscopyData")
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ def _read_checked(data: bytes, *, pixels: bool) -> Dataset:
         if not transfer_syntax:
             raise InvalidInstance("no Transfer Syntax UID in the file meta information")
         pixel = check_structure(data, str(transfer_syntax))
-        for keyword in _REQUIRED_UIDS:
+        for keyword in REQUIRED_UIDS:
             value = ds.get(keyword)
             if not value or not UID(str(value)).is_valid:
                 raise InvalidInstance(f"missing or invalid {keyword}")
@@ -145,126 +142,10 @@ def _read_checked(data: bytes, *, pixels: bool) -> Dataset:
         zlib.error,
     ) as exc:
         raise InvalidInstance(f"not a readable DICOM instance: {exc}") from exc
-    _check_pixel_data(ds, pixel)
-    return ds
-
-
-# What filing reads of an instance: the index columns, the pixel check's geometry, the
-# character set its text is decoded in.
-_HEADER_KEYWORDS = (
-    *_REQUIRED_UIDS,
-    *_OTHER_PIXEL_KEYWORDS,
-    "SpecificCharacterSet",
-    "IssuerOfPatientID",
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "ReferringPhysicianName",
-    "StudyID",
-    "Modality",
-    "SeriesNumber",
-    "SeriesDescription",
-    "BodyPartExamined",
-    "InstanceNumber",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "PhotometricInterpretation",
-)
-_HEADER_TAGS = frozenset(int(tag_for_keyword(keyword) or 0) for keyword in _HEADER_KEYWORDS)
-_TRANSFER_SYNTAX_UID = 0x00020010
-
-
-def _read_header(data: bytes) -> Dataset:
-    """The attributes filing needs, with :func:`parse_part10`'s checks of the whole stream.
-
-    The structural walk is the same (every element, item and fragment inside the data, pixel
-    length against geometry), and the attributes read are decoded by pydicom as before; what is
-    skipped is parsing every other element into a Dataset and decoding its value, which cost
-    0.4–0.6 ms of the receiver's ~5 ms per instance. Values the index never reads are stored as
-    received, as any archive does; their structure is still checked (PS3.5 §7.1).
-    """
-    try:
-        transfer_syntax = file_meta_value(data, _TRANSFER_SYNTAX_UID)
-        if not transfer_syntax:
-            raise InvalidInstance("no Transfer Syntax UID in the file meta information")
-        walked = walk(data, transfer_syntax, _HEADER_TAGS)
-        implicit, little = walked.implicit_vr, walked.little_endian
-        ds = Dataset(
-            {
-                Tag(tag): RawDataElement(
-                    Tag(tag), vr, len(value), value, 0, implicit, little, True, False
-                )
-                for tag, (vr, value) in sorted(walked.elements.items())
-            }
-        )
-        # The character set, found once: pydicom otherwise looks up (0008,0005) again for every
-        # element it converts (~10 µs each). Same value as its own lookup (no parent data set).
-        specific = ds.get("SpecificCharacterSet")
-        charset = convert_encodings(specific) if specific else default_encoding
-        ds.set_original_encoding(implicit, little, charset)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
-        for keyword in _REQUIRED_UIDS:
-            value = ds.get(keyword)
-            if not value or not UID(str(value)).is_valid:
-                raise InvalidInstance(f"missing or invalid {keyword}")
-        for element in ds:
-            _ = element.value
-    except InvalidInstance:
-        raise
-    except (
-        BytesLengthException,  # a value length that is no multiple of its VR's size (bench/fuzz)
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        NotImplementedError,
-        AttributeError,
-        IndexError,
-        struct.error,
-    ) as exc:
-        raise InvalidInstance(f"not a readable DICOM instance: {exc}") from exc
-    _check_pixel_data(ds, walked.pixel)
-    return ds
-
-
-def _check_pixel_data(ds: Dataset, pixel: PixelData | None) -> None:
-    if pixel is None:
-        if "Rows" in ds and not any(keyword in ds for keyword in _OTHER_PIXEL_KEYWORDS):
-            # A stream cut exactly between two elements is well formed but has lost its pixels.
-            raise InvalidInstance("image attributes present but no Pixel Data (truncated?)")
-        return
+    values = {element.keyword: element.value for element in ds}
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
-    if transfer_syntax is not None and UID(transfer_syntax).is_encapsulated:
-        # PS3.5 A.4: an Item tag, then a Sequence Delimitation Item at the very end.
-        if not pixel.head.startswith(b"\xfe\xff\x00\xe0"):
-            raise InvalidInstance("encapsulated Pixel Data does not start with an item")
-        return
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInstance(f"image geometry incomplete: {exc}") from exc
-    expected = rows * columns * samples * frames * bits
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        # Native 4:2:2 keeps two luminance samples per chroma pair (PS3.3 C.7.6.3.1.2).
-        expected = expected * 2 // 3
-    expected = (expected + 7) // 8
-    if pixel.length < expected:
-        raise InvalidInstance(
-            f"Pixel Data truncated: {pixel.length} bytes, {expected} expected for "
-            f"{frames}×{rows}×{columns}×{samples} at {bits} bits"
-        )
+    check_pixel_data(values, None if transfer_syntax is None else str(transfer_syntax), pixel)
+    return ds
 
 
 def file_instance(
@@ -281,17 +162,17 @@ def file_instance(
     before returning. Raises InvalidInstance (reject, don't retry), StorageUnavailable or
     DatabaseUnavailable (retry later).
     """
-    ds = _read_header(data)
-    study_uid = str(ds.StudyInstanceUID)
-    series_uid = str(ds.SeriesInstanceUID)
-    sop_uid = str(ds.SOPInstanceUID)
+    header = read_header(data)
+    study_uid = header.uid("StudyInstanceUID")
+    series_uid = header.uid("SeriesInstanceUID")
+    sop_uid = header.uid("SOPInstanceUID")
     key = object_key(study_uid, series_uid, sop_uid)
 
     with sessions() as session:
         bind = session.get_bind()
         engine = getattr(bind, "engine", bind)
         if isinstance(engine, Engine) and sqlite_file(engine) is not None:
-            return _file_on_sqlite(engine, ds, data, key, store, sender)
+            return _file_on_sqlite(engine, header, data, key, store, sender)
         try:
             if session.connection().execute(_SELECT_INSTANCE, {"uid": sop_uid}).first():
                 return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
@@ -303,7 +184,7 @@ def file_instance(
         # durable, and rolls back if it could not be stored.
         pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
         try:
-            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
+            row = _InstanceRow.of(header, key, len(data), _sha256(data), sender)
         except BaseException:
             pending.result()
             raise
@@ -331,7 +212,12 @@ def file_instance(
 
 
 def _file_on_sqlite(
-    engine: Engine, ds: Dataset, data: bytes, key: str, store: ObjectStore, sender: Sender
+    engine: Engine,
+    header: InstanceHeader,
+    data: bytes,
+    key: str,
+    store: ObjectStore,
+    sender: Sender,
 ) -> FiledInstance:
     """:func:`file_instance` on an SQLite file: the same steps and promises, on sqlite3 itself.
 
@@ -343,9 +229,9 @@ def _file_on_sqlite(
     locked database is DatabaseUnavailable; a row created by another association meanwhile
     means forget the cached row ids and try again.
     """
-    study_uid = str(ds.StudyInstanceUID)
-    series_uid = str(ds.SeriesInstanceUID)
-    sop_uid = str(ds.SOPInstanceUID)
+    study_uid = header.uid("StudyInstanceUID")
+    series_uid = header.uid("SeriesInstanceUID")
+    sop_uid = header.uid("SOPInstanceUID")
     try:
         connection = engine.raw_connection()
     except (SQLAlchemyError, sqlite3.Error) as exc:  # the pool does not wrap connect errors
@@ -357,7 +243,7 @@ def _file_on_sqlite(
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         if found is not None:
-            _ensure_durable_duplicate(engine, connection, cursor, found, ds, data, key, store)
+            _ensure_durable_duplicate(engine, connection, cursor, found, data, key, store)
             return FiledInstance(study_uid, series_uid, sop_uid, key, duplicate=True)
         ids = _engine_ids(engine)
         stage = getattr(store, "stage", None)
@@ -375,7 +261,7 @@ def _file_on_sqlite(
             pending = _io_pool().submit(store.put, key, data, content_type="application/dicom")
         try:
             # Hashed while the object is written or flushed (both release the GIL).
-            row = _InstanceRow.of(ds, key, len(data), _sha256(data), sender)
+            row = _InstanceRow.of(header, key, len(data), _sha256(data), sender)
             if staged is None:
                 # SQLite has one writer at a time: wait for the object before taking the write
                 # lock, so no writer waits on another's disk flush.
@@ -430,7 +316,6 @@ def _ensure_durable_duplicate(
     connection: Any,
     cursor: Any,
     found: tuple[Any, ...],
-    ds: Dataset,
     data: bytes,
     key: str,
     store: ObjectStore,
@@ -667,10 +552,10 @@ class _InstanceRow:
         return f"{self.study_uid}\\{self.series_uid}"
 
     @classmethod
-    def of(cls, ds: Dataset, key: str, size: int, sha256: str, sender: Sender) -> _InstanceRow:
-        # One pass over the ~30 elements read: each ``ds.get(keyword)`` costs a keyword lookup,
-        # a tag lookup and a raw-element check (~10 µs; ~0.3 ms per instance for all of them).
-        values = {element.keyword: element.value for element in ds}
+    def of(
+        cls, header: InstanceHeader, key: str, size: int, sha256: str, sender: Sender
+    ) -> _InstanceRow:
+        values, texts = header.values, header.texts
         get = values.get
         study_uid = str(values["StudyInstanceUID"])
         series_uid = str(values["SeriesInstanceUID"])
@@ -682,7 +567,7 @@ class _InstanceRow:
             patient={
                 "issuer": str(get("IssuerOfPatientID") or "") or sender.institution_code,
                 "patient_id": str(get("PatientID") or ""),
-                "name": decode_element(ds, "PatientName"),
+                "name": texts["PatientName"],
                 "birth_date": str(get("PatientBirthDate") or "") or None,
                 "sex": str(get("PatientSex") or "") or None,
             },
@@ -693,9 +578,9 @@ class _InstanceRow:
                 "accession_number": str(get("AccessionNumber") or "") or None,
                 "study_date": str(get("StudyDate") or "") or None,
                 "study_time": str(get("StudyTime") or "") or None,
-                "description": decode_element(ds, "StudyDescription"),
+                "description": texts["StudyDescription"],
                 # QIDO-RS return keys (migration 0005_dicomweb).
-                "referring_physician": _clip(decode_element(ds, "ReferringPhysicianName"), 200),
+                "referring_physician": _clip(texts["ReferringPhysicianName"], 200),
                 "dicom_study_id": _clip(str(get("StudyID") or "") or None, 16),
                 "revision": 0,
                 "num_instances": 0,
@@ -704,13 +589,13 @@ class _InstanceRow:
                 "series_uid": series_uid,
                 "modality": str(get("Modality") or "") or None,
                 "series_number": _int(get("SeriesNumber")),
-                "description": decode_element(ds, "SeriesDescription"),
+                "description": texts["SeriesDescription"],
                 "body_part": str(get("BodyPartExamined") or "") or None,
             },
             instance={
                 "sop_instance_uid": sop_uid,
                 "sop_class_uid": str(values["SOPClassUID"]),
-                "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+                "transfer_syntax_uid": header.transfer_syntax,
                 "instance_number": _int(get("InstanceNumber")),
                 "object_key": key,
                 "size_bytes": size,
