@@ -99,17 +99,12 @@ def walk(data: bytes | memoryview, transfer_syntax: str, wanted: Container[int] 
     pixel = None
     elements: dict[int, tuple[str | None, bytes]] = {}
     while pos < end:
-        start = pos
-        pos = _skip_element(body, pos, end, explicit=explicit, little=little)
-        tag = _peek_tag(body, start, little)
+        tag, vr, length, value_start, pos = _element(body, pos, end, explicit, little)
         if tag == _PIXEL_DATA:
-            _, _, _, value_start = _header(body, start, end, explicit, little)
             pixel = PixelData(pos - value_start, bytes(body[value_start : value_start + 8]))
-        elif tag in wanted:
-            _, vr, length, value_start = _header(body, start, end, explicit, little)
-            if length != _UNDEFINED:
-                value = bytes(body[value_start:pos])
-                elements[tag] = (vr.decode("ascii") if vr is not None else None, value)
+        elif length != _UNDEFINED and tag in wanted:
+            value = bytes(body[value_start:pos])
+            elements[tag] = (vr.decode("ascii") if vr is not None else None, value)
     return Walked(pixel, elements, not explicit, little)
 
 
@@ -136,25 +131,37 @@ def _header(
     """(tag, VR or None, value length, value start) of the element at ``pos``."""
     if pos + 8 > end:
         raise InvalidInstance(f"data ends inside an element header at byte {pos}")
-    order = "<" if little else ">"
-    group, element = struct.unpack_from(order + "HH", data, pos)
+    tag_length = _TAG_LENGTH if little else _TAG_LENGTH_BE
+    group, element, length = tag_length.unpack_from(data, pos)
     tag = group << 16 | element
     if group == 0xFFFE or not explicit:
-        (length,) = struct.unpack_from(order + "L", data, pos + 4)
         return tag, None, length, pos + 8
     vr = bytes(data[pos + 4 : pos + 6])
     if vr in _LONG_VRS:
         if pos + 12 > end:
             raise InvalidInstance(f"data ends inside the header of ({group:04X},{element:04X})")
-        (length,) = struct.unpack_from(order + "L", data, pos + 8)
+        (length,) = (_LONG if little else _LONG_BE).unpack_from(data, pos + 8)
         return tag, vr, length, pos + 12
-    (length,) = struct.unpack_from(order + "H", data, pos + 6)
+    (length,) = (_SHORT if little else _SHORT_BE).unpack_from(data, pos + 6)
     return tag, vr, length, pos + 8
+
+
+# Element header layouts, compiled once (the walk reads one per element).
+_TAG_LENGTH, _TAG_LENGTH_BE = struct.Struct("<HHL"), struct.Struct(">HHL")
+_LONG, _LONG_BE = struct.Struct("<L"), struct.Struct(">L")
+_SHORT, _SHORT_BE = struct.Struct("<H"), struct.Struct(">H")
 
 
 def _skip_element(
     data: bytes | memoryview, pos: int, end: int, explicit: bool, little: bool
 ) -> int:
+    return _element(data, pos, end, explicit, little)[4]
+
+
+def _element(
+    data: bytes | memoryview, pos: int, end: int, explicit: bool, little: bool
+) -> tuple[int, bytes | None, int, int, int]:
+    """(tag, VR or None, value length, value start, where the next element starts)."""
     tag, vr, length, start = _header(data, pos, end, explicit, little)
     if length != _UNDEFINED:
         stop = start + length
@@ -163,13 +170,13 @@ def _skip_element(
                 f"({tag >> 16:04X},{tag & 0xFFFF:04X}) claims {length} bytes, "
                 f"only {end - start} left: data truncated"
             )
-        return stop
+        return tag, vr, length, start, stop
     if tag == _PIXEL_DATA:
-        return _skip_fragments(data, start, end, little)
+        return tag, vr, length, start, _skip_fragments(data, start, end, little)
     # Undefined length: a sequence, or UN holding implicit VR little endian (PS3.5 §6.2.2).
     if vr == b"UN":
         explicit, little = False, True
-    return _skip_items(data, start, end, explicit, little)
+    return tag, vr, length, start, _skip_items(data, start, end, explicit, little)
 
 
 def _skip_items(data: bytes | memoryview, pos: int, end: int, explicit: bool, little: bool) -> int:
