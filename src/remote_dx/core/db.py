@@ -11,6 +11,7 @@ import fcntl
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -133,10 +134,9 @@ _write_locks_guard = threading.Lock()
 
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """Hold while writing a short transaction: serialises SQLite writers, a no-op elsewhere."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    path = sqlite_file(engine)
+    if path is None:
         return nullcontext()
-    path = os.path.abspath(url.database)
     with _write_locks_guard:
         lock = _write_locks.get(path)
         if lock is None:
@@ -254,11 +254,25 @@ _wal_syncs: dict[str, _WalSync] = {}
 
 
 def sqlite_file(engine: Engine) -> str | None:
-    """The absolute path of the engine's SQLite database file; None for any other database."""
+    """The absolute path of the engine's SQLite database file; None for any other database.
+
+    Asked several times per received instance; an engine's URL never changes, so the answer
+    is kept with the engine (resolved once, as the engine's first connection resolved it).
+    """
+    try:
+        return _sqlite_files[engine]
+    except KeyError:
+        pass
     url = engine.url
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return os.path.abspath(url.database)
+        path = None
+    else:
+        path = os.path.abspath(url.database)
+    _sqlite_files[engine] = path
+    return path
+
+
+_sqlite_files: weakref.WeakKeyDictionary[Engine, str | None] = weakref.WeakKeyDictionary()
 
 
 _FLAG = "rdx_synchronous_normal"
