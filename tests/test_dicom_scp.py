@@ -13,6 +13,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -28,6 +29,7 @@ from remote_dx.core.models import Device, Instance, Study
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.dicom_scp import Receiver, start_receiver
 from remote_dx.ingest.instance import parse_part10
+from remote_dx.ingest.transport import EventDrivenDIMSE
 from remote_dx.storage.factory import get_store
 from tests.support import wait_until
 
@@ -284,7 +286,8 @@ def test_duplicate_send_is_idempotent(
 def test_store_is_served_in_the_thread_that_read_it(
     receiver: Receiver, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A C-STORE is filed by the association's DUL thread, not handed to its reactor thread."""
+    """A C-STORE is filed by the association's DUL thread, not handed to its reactor thread,
+    from P-DATA values that are views of the PDU as read (no copies on the way)."""
     from pynetdicom.dul import DULServiceProvider
 
     from remote_dx.ingest import dicom_scp
@@ -297,13 +300,40 @@ def test_store_is_served_in_the_thread_that_read_it(
         return file_instance(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(dicom_scp, "file_instance", recording)
+    values: list[type] = []
+    receive = EventDrivenDIMSE.receive_primitive
+
+    def watching(self: EventDrivenDIMSE, primitive: Any) -> None:
+        values.extend(type(data) for _, data in primitive.presentation_data_value_list)
+        receive(self, primitive)
+
+    monkeypatch.setattr(EventDrivenDIMSE, "receive_primitive", watching)
     files = [make_copy("CT_small.dcm", tmp_path), make_copy("waveform_ecg.dcm", tmp_path)]
     assert c_store(receiver.port, files) == [0x0000, 0x0000]
+    assert values and set(values) == {memoryview}  # P-DATA values are views of the PDU read
     assert len(threads) == 2
     assert all(isinstance(thread, DULServiceProvider) for thread in threads)
     assert threads[0] is threads[1]  # one association, one thread
     assert count_instances(db) == 2
     assert echo(receiver.port)  # other services still go through the reactor
+
+
+def test_malformed_p_data_pdu_aborts_that_association_only(receiver: Receiver) -> None:
+    """A P-DATA-TF whose item claims more than the PDU holds: A-ABORT, the receiver serves on."""
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title=CALLED)
+    try:
+        assert assoc.is_established
+        item = (200).to_bytes(4, "big") + b"\x01\x03" + b"x" * 10  # 200 claimed, 11 there
+        pdu = b"\x04\x00" + len(item).to_bytes(4, "big") + item
+        assoc.dul.socket.socket.sendall(pdu)  # type: ignore[union-attr]
+        assert wait_until(lambda: assoc.is_aborted or not assoc.is_alive(), timeout=5)
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+        ae.shutdown()
+    assert echo(receiver.port)
 
 
 def truncated(path: Path, fraction: float) -> Path:

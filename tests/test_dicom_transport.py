@@ -48,3 +48,27 @@ def test_reactor_nap_ends_when_work_arrives_and_other_sleeps_are_untouched() -> 
         time.sleep = real_sleep
     assert slept == [0.001, 0.0001]
     assert association.time.monotonic is time.monotonic
+
+
+def test_pdv_items_are_views_of_the_pdu_and_malformed_ones_are_refused() -> None:
+    from remote_dx.ingest.transport import _pdv_views, _ReceivedPData
+
+    command = b"\x03" + b"C" * 10  # last command fragment
+    data = b"\x02" + bytes(range(200))  # last data set fragment
+    # Each item: length (context ID + value), context ID, value (PS3.8 §9.3.5.1).
+    body = bytearray()
+    for context_id, value in ((1, command), (3, data)):
+        body += (len(value) + 1).to_bytes(4, "big") + bytes([context_id]) + value
+    items = _pdv_views(body)
+    assert items is not None
+    assert [(cid, bytes(view)) for cid, view in items] == [(1, command), (3, data)]
+    assert all(view.obj is body for _, view in items)  # no copy of the PDU's bytes
+    primitive = _ReceivedPData(items).to_primitive()
+    assert [(cid, bytes(v)) for cid, v in primitive.presentation_data_value_list] == [
+        (1, command),
+        (3, data),
+    ]
+    # An item claiming more than the PDU holds, or no room for its context ID: refused.
+    assert _pdv_views(bytearray(b"\x00\x00\x01\x00\x01abc")) is None
+    assert _pdv_views(bytearray(b"\x00\x00\x00\x00\x01")) is None
+    assert _pdv_views(bytearray(b"\x00\x00")) is None

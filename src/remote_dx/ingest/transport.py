@@ -275,6 +275,109 @@ class EventDrivenDUL(DULServiceProvider):
             self._wake_r.close()
             self._wake_w.close()
 
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU read, with P-DATA-TF values handed on as views of the read buffer.
+
+        pynetdicom copies every received PDU four times on its way to DIMSE (appended to the
+        6-byte header, made bytes for EVT_DATA_RECV, each PDV value sliced out, then joined by
+        the DIMSE reader); storescu sends a 512×512 CT slice as four ~128 KB PDUs. Here a
+        P-DATA-TF PDU (PS3.8 §9.3.5) is read into one buffer and its PDVs are ``memoryview``s
+        of it, as long as nothing is bound to EVT_DATA_RECV or EVT_PDU_RECV (those handlers are
+        given pynetdicom's own objects). Every other PDU, and every error, goes the way
+        pynetdicom's own method goes (same events, same log lines).
+        """
+        assoc = self.assoc
+        if assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV):
+            super()._read_pdu_data()
+            return
+        transport = cast(AssociationSocket, self.socket)
+        try:
+            header = transport.recv(6)
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(header) != 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        if pdu_type not in _PDU_TYPES:
+            log.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = transport.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            log.error(
+                "The received PDU is shorter than expected (%d of %d bytes received)",
+                len(body) + 6,
+                pdu_length + 6,
+            )
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type != _P_DATA_TF:
+            try:
+                pdu, event = self._decode_pdu(header + body)
+            except Exception:
+                log.exception("Unable to decode the received PDU data")
+                self.event_queue.put("Evt19")
+                return
+            self.event_queue.put(event)
+            self._recv_pdu.put(pdu)
+            return
+        items = _pdv_views(body)
+        if items is None:
+            log.error("Unable to decode the received P-DATA-TF PDU: malformed PDV items")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put("Evt10")
+        self._recv_pdu.put(_ReceivedPData(items))
+
+
+_PDU_HEADER = struct.Struct(">BBL")
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+_P_DATA_TF = 0x04
+_PDV_HEADER = struct.Struct(">LB")
+
+
+def _pdv_views(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The presentation data value items of a P-DATA-TF PDU body (PS3.8 §9.3.5.1), as views.
+
+    None when an item's length runs past the PDU or leaves no room for its context ID.
+    """
+    items = []
+    view = memoryview(body)
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 5 > end:
+            return None
+        length, context_id = _PDV_HEADER.unpack_from(body, offset)
+        if length < 1 or offset + 4 + length > end:
+            return None
+        items.append((context_id, view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return items
+
+
+class _ReceivedPData:
+    """A received P-DATA-TF PDU for the state machine: only ``to_primitive`` is asked of it."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[int, memoryview]]) -> None:
+        self.items = items
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        # As pynetdicom's own PDU does: the setter checks an empty list, the items are appended.
+        primitive.presentation_data_value_list = []
+        primitive.presentation_data_value_list.extend(self.items)  # type: ignore[arg-type]
+        return primitive
+
 
 class EventDrivenDIMSE(DIMSEServiceProvider):
     """DIMSE provider whose non-blocking get waits (bounded) for something to do.
@@ -316,7 +419,10 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
     def receive_primitive(self, primitive: P_DATA) -> None:
         """Reassemble a DIMSE message from P-DATA values (PS3.8 §E.2, PS3.7 §6.3.1)."""
         if self.message is not None or not self._fast(evt.EVT_DIMSE_RECV):
-            super().receive_primitive(primitive)  # pynetdicom is part-way through a message
+            # pynetdicom's decoder is part-way through a message or must give handlers its own
+            # objects: it is given bytes, as its own PDU reader gives them.
+            _values_as_bytes(primitive)
+            super().receive_primitive(primitive)
             return
         values = primitive.presentation_data_value_list
         for index, (context_id, data) in enumerate(values):
@@ -395,6 +501,13 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
                 self.dul.send_pdu(pdata)
                 return
         super().send_msg(primitive, context_id)
+
+
+def _values_as_bytes(primitive: P_DATA) -> None:
+    values = primitive.presentation_data_value_list
+    for index, (context_id, data) in enumerate(values):
+        if not isinstance(data, bytes):
+            values[index] = (context_id, bytes(data))  # type: ignore[call-overload]
 
 
 def _store_response_bytes(rsp: C_STORE) -> bytes | None:
