@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -158,18 +160,26 @@ def test_device_registered_while_running_is_accepted(
     assert not echo(receiver.port, calling="NEW_CR")
 
 
-def test_tcp_nodelay_is_set_on_accepted_sockets(receiver: Receiver) -> None:
+@contextmanager
+def verification_association(port: int) -> Iterator[Association]:
+    """An established association proposing only Verification, released (if still up) after."""
     ae = AE(ae_title=CALLING)
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", receiver.port, ae_title=CALLED)
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
     try:
         assert assoc.is_established
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def test_tcp_nodelay_is_set_on_accepted_sockets(receiver: Receiver) -> None:
+    with verification_association(receiver.port):
         server_side = wait_until(lambda: receiver.active_associations, timeout=5)
         sock = server_side[0].dul.socket.socket  # type: ignore[index]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        assoc.release()
-        ae.shutdown()
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -320,19 +330,11 @@ def test_store_is_served_in_the_thread_that_read_it(
 
 def test_malformed_p_data_pdu_aborts_that_association_only(receiver: Receiver) -> None:
     """A P-DATA-TF whose item claims more than the PDU holds: A-ABORT, the receiver serves on."""
-    ae = AE(ae_title=CALLING)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", receiver.port, ae_title=CALLED)
-    try:
-        assert assoc.is_established
+    with verification_association(receiver.port) as assoc:
         item = (200).to_bytes(4, "big") + b"\x01\x03" + b"x" * 10  # 200 claimed, 11 there
         pdu = b"\x04\x00" + len(item).to_bytes(4, "big") + item
         assoc.dul.socket.socket.sendall(pdu)  # type: ignore[union-attr]
         assert wait_until(lambda: assoc.is_aborted or not assoc.is_alive(), timeout=5)
-    finally:
-        if assoc.is_established:
-            assoc.abort()
-        ae.shutdown()
     assert echo(receiver.port)
 
 
