@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -326,6 +327,29 @@ def test_store_is_served_in_the_thread_that_read_it(
     assert threads[0] is threads[1]  # one association, one thread
     assert count_instances(db) == 2
     assert echo(receiver.port)  # other services still go through the reactor
+
+
+def test_a_store_longer_than_the_network_timeout_is_still_answered(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle (network) timeout counts silence on the wire, not an instance being filed."""
+    from remote_dx.ingest import dicom_scp
+
+    file_instance = dicom_scp.file_instance
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(1.5)  # a slow disk or database, three network timeouts long
+        return file_instance(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dicom_scp, "file_instance", slow)
+    running = start_receiver(settings)
+    try:
+        running.ae.network_timeout = 0.5
+        ct = make_copy("CT_small.dcm", tmp_path)
+        assert c_store(running.port, [ct]) == [0x0000]
+    finally:
+        running.stop(timeout=1)
+    assert count_instances(db, sop_uid(ct)) == 1
 
 
 def test_malformed_p_data_pdu_aborts_that_association_only(receiver: Receiver) -> None:

@@ -482,7 +482,14 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
             for fragment in fragments:
                 fragment.release()
         if self.serve_stores and threading.current_thread() is self.dul:
-            self.assoc._serve_request(primitive, context_id)
+            # Meanwhile the reactor thread, idle now, checks the network timeout: a store in
+            # progress is no idleness, as it was not while the reactor itself served it.
+            idle = self.dul._idle_timer
+            idle.stop()
+            try:
+                self.assoc._serve_request(primitive, context_id)
+            finally:
+                idle.restart()
             return
         self.msg_queue.put((context_id, primitive))
 
