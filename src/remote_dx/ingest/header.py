@@ -126,10 +126,7 @@ def read_header(data: bytes) -> InstanceHeader:
         header = _plain_header(walked, transfer_syntax)
         if header is None:
             header = InstanceHeader.of_dataset(_converted_dataset(walked, transfer_syntax))
-        for keyword in REQUIRED_UIDS:
-            value = header.values.get(keyword)
-            if not value or not UID(str(value)).is_valid:
-                raise InvalidInstance(f"missing or invalid {keyword}")
+        check_required_uids(header.values)
     except InvalidInstance:
         raise
     except (
@@ -238,6 +235,14 @@ def _converted_dataset(walked: Walked, transfer_syntax: str) -> Dataset:
     return ds
 
 
+def check_required_uids(values: Mapping[str, Any] | Dataset) -> None:
+    """Study, series and instance UIDs and the SOP class must be there and valid (PS3.5 §9)."""
+    for keyword in REQUIRED_UIDS:
+        value = values.get(keyword)
+        if not value or not UID(str(value)).is_valid:
+            raise InvalidInstance(f"missing or invalid {keyword}")
+
+
 def check_pixel_data(
     values: Mapping[str, Any], transfer_syntax: str | None, pixel: PixelData | None
 ) -> None:
@@ -275,5 +280,6 @@ __all__ = [
     "HEADER_KEYWORDS",
     "InstanceHeader",
     "check_pixel_data",
+    "check_required_uids",
     "read_header",
 ]

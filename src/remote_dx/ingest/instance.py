@@ -26,7 +26,6 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import UID
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -51,9 +50,9 @@ from remote_dx.core.models import (
     StudyStatus,
 )
 from remote_dx.ingest.header import (
-    REQUIRED_UIDS,
     InstanceHeader,
     check_pixel_data,
+    check_required_uids,
     read_header,
 )
 from remote_dx.ingest.part10 import check_structure
@@ -119,12 +118,8 @@ def _read_checked(data: bytes, *, pixels: bool) -> Dataset:
         if not transfer_syntax:
             raise InvalidInstance("no Transfer Syntax UID in the file meta information")
         pixel = check_structure(data, str(transfer_syntax))
-        for keyword in REQUIRED_UIDS:
-            value = ds.get(keyword)
-            if not value or not UID(str(value)).is_valid:
-                raise InvalidInstance(f"missing or invalid {keyword}")
-        for element in ds:
-            _ = element.value
+        check_required_uids(ds)
+        values = {element.keyword: element.value for element in ds}  # every value decoded once
     except InvalidInstance:
         raise
     except (
@@ -142,9 +137,7 @@ def _read_checked(data: bytes, *, pixels: bool) -> Dataset:
         zlib.error,
     ) as exc:
         raise InvalidInstance(f"not a readable DICOM instance: {exc}") from exc
-    values = {element.keyword: element.value for element in ds}
-    transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
-    check_pixel_data(values, None if transfer_syntax is None else str(transfer_syntax), pixel)
+    check_pixel_data(values, str(transfer_syntax), pixel)
     return ds
 
 
@@ -168,15 +161,14 @@ def file_instance(
     sop_uid = header.uid("SOPInstanceUID")
     key = object_key(study_uid, series_uid, sop_uid)
 
-    # A sessionmaker bound to an SQLite engine names it: no ORM session is made (~40 µs) just
-    # to learn which database this is.
-    bound = getattr(sessions, "kw", {}).get("bind")
-    if isinstance(bound, Engine) and sqlite_file(bound) is not None:
-        return _file_on_sqlite(bound, header, data, key, store, sender)
+    # A sessionmaker bound to an engine names it: no ORM session is made (~40 µs) just to
+    # learn which database this is.
+    engine = _sqlite_engine(getattr(sessions, "kw", {}).get("bind"))
+    if engine is not None:
+        return _file_on_sqlite(engine, header, data, key, store, sender)
     with sessions() as session:
-        bind = session.get_bind()
-        engine = getattr(bind, "engine", bind)
-        if isinstance(engine, Engine) and sqlite_file(engine) is not None:
+        engine = _sqlite_engine(session.get_bind())
+        if engine is not None:
             return _file_on_sqlite(engine, header, data, key, store, sender)
         try:
             if session.connection().execute(_SELECT_INSTANCE, {"uid": sop_uid}).first():
@@ -214,6 +206,12 @@ def file_instance(
             except SQLAlchemyError as exc:
                 raise DatabaseUnavailable(str(exc)) from exc
     raise AssertionError("unreachable")
+
+
+def _sqlite_engine(bind: Any) -> Engine | None:
+    """The engine behind ``bind`` (an engine or a connection) if it is an SQLite file."""
+    engine = getattr(bind, "engine", bind)
+    return engine if isinstance(engine, Engine) and sqlite_file(engine) is not None else None
 
 
 def _file_on_sqlite(

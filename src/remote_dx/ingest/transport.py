@@ -388,10 +388,10 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
     Every other message, and any C-STORE command set this reader does not fully understand,
     is handed to pynetdicom's decoder unchanged.
 
-    With ``serve_stores`` such a C-STORE request is also served in the DUL thread that read
-    it, by the association's own ``_serve_request`` (the same Storage Service Class SCP, the
-    same EVT_C_STORE handler and answer), instead of being queued for the association's
-    reactor thread. A sender waits for each answer (one outstanding operation, PS3.7
+    Such a C-STORE request is also served in the DUL thread that read it, by the
+    association's own ``_serve_request`` (the same Storage Service Class SCP, the same
+    EVT_C_STORE handler and answer), instead of being queued for the association's reactor
+    thread. A sender waits for each answer (one outstanding operation, PS3.7
     §D.3.3.3), so the DUL thread has nothing else to do meanwhile; what it saves is the two
     thread hand-offs per instance (request to the reactor, response back).
     """
@@ -399,7 +399,6 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
     def __init__(self, assoc: Association, wake: threading.Event) -> None:
         super().__init__(assoc)
         self._wake = wake
-        self.serve_stores = False
         self.msg_queue = _SignallingQueue(wake)
         self._command: list[bytes] = []  # command fragments of the message being received
         self._store: tuple[int, StoreRequest] | None = None  # a C-STORE-RQ awaiting its data set
@@ -481,7 +480,9 @@ class EventDrivenDIMSE(DIMSEServiceProvider):
         finally:
             for fragment in fragments:
                 fragment.release()
-        if self.serve_stores and threading.current_thread() is self.dul:
+        if threading.current_thread() is self.dul:
+            # pynetdicom grants one outstanding operation at most (its Asynchronous Operations
+            # Window answer is always 1/1, PS3.7 §D.3.3.3): the sender waits for this answer.
             # Meanwhile the reactor thread, idle now, checks the network timeout: a store in
             # progress is no idleness, as it was not while the reactor itself served it.
             idle = self.dul._idle_timer
@@ -573,9 +574,6 @@ def make_event_driven(assoc: Association) -> None:
     new.to_user_queue = _SignallingQueue(wake)
     assoc.dul = new
     assoc.dimse = EventDrivenDIMSE(assoc, wake)
-    # pynetdicom grants one outstanding operation at most (its Asynchronous Operations Window
-    # answer is always 1/1, PS3.7 §D.3.3.3), so the sender waits for each answer anyway.
-    assoc.dimse.serve_stores = True
     assoc.rdx_wake = wake  # type: ignore[attr-defined]  # see _ReactorClock
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         # The "standard" handlers format every PDU and DIMSE message for a log line at INFO or
