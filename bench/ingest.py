@@ -121,7 +121,8 @@ def recycle_guest_memory(scratch: Path, nbytes: int) -> None:
     """Write and delete ``nbytes`` of scratch file so the next run's writes land in used RAM.
 
     On these VMs the host backs a page of guest memory only when the guest first touches it,
-    and the guest's balloon driver hands free pages back within seconds. A page-cache write
+    and the guest reports free pages back to the host at once (``page_reporting``,
+    ``min_free_ms`` 0). A page-cache write
     into such a page costs ~2.3 µs per 4 KB on top of the copy: 525 KB took 1.0–1.25 ms into
     fresh memory and 0.10–0.13 ms into memory just freed by a deleted file; 8.4 MB, 19 ms vs
     1.6 ms (bench/README.md, "Seventh pass"). A peer that happened to write right after
