@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
@@ -449,6 +449,55 @@ def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_dat
     assert chest.json()["patient"]["name"] == "王^小东"
     assert study(client, "county_reader", cases["dh-consult"].study_uid).status_code == 404
     assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.postgres
+def test_hot_reads_keep_prepared_statements_and_plan_filtered_pages_per_value(
+    settings: Settings, postgres_database: str
+) -> None:
+    """The worklist page and the study view end their transactions with COMMIT, so psycopg
+    keeps the statements it prepared (a rollback deallocates them all); a page whose plan
+    depends on its filter values (patient, dates) is not given the generic plan."""
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    cases = populate(pg, get_sessionmaker(pg))
+    client = TestClient(create_app(pg))
+    headers = auth(client, "county_reader")
+    settings_applied: list[str] = []
+    engine = get_engine(pg)
+
+    def note_plan_settings(conn, cursor, statement, *args) -> None:
+        if "join_collapse_limit" in statement:
+            settings_applied.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note_plan_settings)
+    try:
+        for _ in range(7):  # psycopg prepares a statement on its 5th run on a connection
+            assert client.get("/api/v1/worklist", headers=headers).status_code == 200
+            chest = client.get(f"/api/v1/studies/{cases['xp-chest'].study_uid}", headers=headers)
+            assert chest.status_code == 200
+        assert all("force_generic_plan" in s for s in settings_applied)
+        settings_applied.clear()
+        by_patient = client.get(
+            "/api/v1/worklist",
+            headers=headers,
+            params={"patient": "王", "received_from": "2020-01-01"},
+        )
+        assert by_patient.status_code == 200
+        assert settings_applied and "force_generic_plan" not in settings_applied[-1]
+    finally:
+        event.remove(engine, "before_cursor_execute", note_plan_settings)
+    connections = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:
+        prepared = sum(
+            c.scalar(text("SELECT count(*) FROM pg_prepared_statements")) for c in connections
+        )
+    finally:
+        for connection in connections:
+            connection.close()
+    assert prepared >= 3  # the user, the page, the study (and its series) statements
 
 
 def test_database_down_is_503_with_a_message(settings: Settings) -> None:

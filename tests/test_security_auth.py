@@ -218,3 +218,29 @@ def test_cli_disables_and_sets_passwords(client: TestClient, settings: Settings)
     assert result.exit_code == 0, result.output
     assert login(client, "county_reader", "new-password-42").status_code == 200
     assert runner.invoke(cli, ["users", "disable", "nobody", *args]).exit_code == 1
+
+
+def test_a_token_is_verified_once_but_its_expiry_is_checked_on_every_use(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jwt
+
+    from remote_dx.api import security
+
+    token = login(client, "county_reader").json()["access_token"]
+    verified = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(
+        security.jwt, "decode", lambda *a, **kw: verified.append(a[0]) or real_decode(*a, **kw)
+    )
+    for _ in range(3):
+        assert client.get(ME, headers=bearer(token)).status_code == 200
+    assert verified.count(token) <= 1  # the signature is checked at most once per token
+    # The same claims signed with another secret are not taken for the remembered token.
+    claims = real_decode(token, options={"verify_signature": False})
+    forged = jwt.encode(claims, "another-secret-0123456789abcdef0123456789", algorithm="HS256")
+    assert client.get(ME, headers=bearer(forged)).status_code == 401
+    clock.advance(timedelta(minutes=settings.access_token_minutes, seconds=1))
+    expired = client.get(ME, headers=bearer(token))
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["detail"]

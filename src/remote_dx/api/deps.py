@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -150,6 +151,21 @@ async def run_hot(request: Request, function: Callable[..., T], *args: Any) -> T
     if limiter is None:
         limiter = state.hot_reads_limiter = anyio.CapacityLimiter(HOT_READS_AT_ONCE)
     return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=limiter)
+
+
+@contextmanager
+def hot_read(request: Request) -> Iterator[Session]:
+    """A session for a hot read (worklist page, study) that ends its transaction with COMMIT.
+
+    psycopg drops every statement it has prepared on a connection when a transaction there is
+    rolled back, and a session closed without a commit rolls back: so each request's
+    statements were parsed and planned afresh. A read-only transaction's COMMIT writes
+    nothing, and the prepared statements stay for the connection's next requests. An error
+    still rolls back.
+    """
+    with request.app.state.sessions() as session:
+        yield session
+        session.commit()
 
 
 def authenticate(request: Request, session: Session, token: str | None) -> User:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from remote_dx.api.audit import audited_json, note, patient_key
-from remote_dx.api.deps import CheckedToken, authenticate, run_hot
+from remote_dx.api.deps import CheckedToken, authenticate, hot_read, run_hot
 from remote_dx.worklist.schemas import StudyDetail
 from remote_dx.worklist.service import get_study, plan_joins_as_written
 
@@ -32,8 +32,8 @@ async def read_study(request: Request, study_uid: StudyUID, token: CheckedToken)
 
 
 def _study_answer(request: Request, token: str, study_uid: str) -> Response:
-    with request.app.state.sessions() as session:
-        plan_joins_as_written(session)
+    with hot_read(request) as session:
+        plan_joins_as_written(session, generic=True)  # one study by its UID, its series by key
         user = authenticate(request, session, token)
         detail = get_study(session, user, study_uid)
     if detail is None:

@@ -16,6 +16,7 @@ from remote_dx.api.deps import (
     CurrentUser,
     DbSession,
     authenticate,
+    hot_read,
     require_roles,
     run_hot,
 )
@@ -30,6 +31,7 @@ from remote_dx.worklist.service import (
     WorklistQuery,
     count_worklist,
     list_worklist,
+    plan_is_value_independent,
     plan_joins_as_written,
 )
 
@@ -118,8 +120,8 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 
 
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
-    with request.app.state.sessions() as session:
-        plan_joins_as_written(session)
+    with hot_read(request) as session:
+        plan_joins_as_written(session, generic=plan_is_value_independent(query))
         user = authenticate(request, session, token)
         page = list_worklist(session, user, query)
     return audited_json(request, page)
