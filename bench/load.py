@@ -75,6 +75,7 @@ from bench.receiver import PostgresDatabase, postgres_unavailable, remote_dx_com
 DEVICES = ("XIPING_DR", "DINGHE_DR", "XIPING_ECG")
 READER = "county_reader"
 TARGETS = {"worklist": 0.050, "study": 0.100}
+PHASES = ("one", "closed", "reader")
 WORKLIST = "/api/v1/worklist?limit=50"
 
 
@@ -392,6 +393,7 @@ def run(
     reuse_dir: Path | None = None,
     think: float = 1.0,
     reader_seconds: float = 30.0,
+    phases: tuple[str, ...] = PHASES,
 ) -> dict[str, dict[str, float]]:
     from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
     from remote_dx.core.migrate import upgrade
@@ -536,6 +538,8 @@ def run(
             endpoints["qido"] = lambda rng: f"/dicom-web/studies?PatientID={rng.choice(patients)}"
 
         def phase(mode: str, heading: str, users: list[str], span: float, pause: float) -> None:
+            if mode not in phases:
+                return
             print(heading, flush=True)
             for name, make_path in endpoints.items():
                 results[f"{mode}/{name}"] = asyncio.run(
@@ -612,14 +616,25 @@ def main() -> int:
         default=True,
         help="a throw-away cluster (initdb/pg_ctl) instead of RDX_BENCH_POSTGRES_URL's server",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="which phases to run, of: " + ", ".join(PHASES) + " (e.g. --phases closed)",
+    )
     args = parser.parse_args()
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"--phases: unknown {', '.join(sorted(unknown))}; use {', '.join(PHASES)}")
     results = run(
         args.studies, args.clients, args.seconds, args.api_processes, args.keep,
         args.private_postgres, args.keep_dir, args.reuse, args.think, args.reader_seconds,
+        phases,
     )  # fmt: skip
     errors = sum(r["errors"] for r in results.values())
     print(f"errors {errors}")
     for mode, label in (("closed", "closed loop (saturation)"), ("reader", "reader-like")):
+        if mode not in phases:
+            continue
         verdicts = [
             f"{name} p99 {results[f'{mode}/{name}']['p99'] * 1000:.0f} ms "
             f"{'≤' if results[f'{mode}/{name}']['p99'] <= target else '>'} "
