@@ -5,12 +5,17 @@ fresh, and only large totals are reused, for a few seconds."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.api.app import create_app
 from remote_dx.core import clock
+from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     Institution,
     Patient,
@@ -20,9 +25,12 @@ from remote_dx.core.models import (
     User,
     WorklistItem,
 )
+from remote_dx.core.network import apply_network, load_network_file
+from remote_dx.core.settings import Settings
 from remote_dx.routing.route import clear_rules_cache, route_study
 from remote_dx.worklist import service
 from remote_dx.worklist.service import WorklistQuery, list_worklist
+from tests.support import DEMO_NETWORK
 
 XIPING, DINGHE, PROVINCE = "XIPING", "DINGHE", "HNSRMYY"
 
@@ -95,3 +103,152 @@ def test_small_totals_are_exact_large_ones_reused_briefly(
 
     monkeypatch.setattr(service, "COUNT_CACHE_SECONDS", 0.0)
     assert page(db, "county_reader")[1] == 3  # once the window has passed: counted again
+
+
+# --- pages kept per pool until its change counter moves (PostgreSQL triggers, migration 0009) ---
+
+
+def pg_hub(settings: Settings, postgres_database: str) -> tuple[TestClient, sessionmaker[Session]]:
+    pg = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(pg)
+    with session_scope(pg) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    return TestClient(create_app(pg)), get_sessionmaker(pg)
+
+
+def reader_page(client: TestClient, username: str = "county_reader") -> dict:
+    tokens: dict[str, str] = client.__dict__.setdefault("rdx_tokens", {})
+    if username not in tokens:
+        login = client.post("/api/v1/auth/token", data={"username": username, "password": "demo"})
+        tokens[username] = login.json()["access_token"]
+    answer = client.get("/api/v1/worklist", headers={"Authorization": f"Bearer {tokens[username]}"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every page built from the database (not answered from a kept one) appends to the list."""
+    from remote_dx.api.routers import worklist as router
+
+    builds: list[int] = []
+    real = router.list_worklist
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(router, "list_worklist", counted)
+    return builds
+
+
+def entry(page: dict, study_uid: str) -> dict:
+    return next(item for item in page["items"] if item["study_uid"] == study_uid)
+
+
+@pytest.mark.postgres
+def test_a_readers_page_is_kept_until_anything_it_shows_changes(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, db = pg_hub(settings, postgres_database)
+    uid = new_study(db, XIPING)
+    builds = count_builds(monkeypatch)
+    first = reader_page(client)
+    assert reader_page(client) == first
+    assert reader_page(client, "county_supervisor") == first  # same pool, same page
+    assert len(builds) == 1  # built once, then answered as kept
+
+    def after(change: str, *params: dict) -> dict:
+        """The page after one committed change (SQL on the study of ``uid``)."""
+        with db() as session, session.begin():
+            study_pk = session.scalar(select(Study.id).where(Study.study_uid == uid))
+            session.execute(text(change), {"study_pk": study_pk, **(params[0] if params else {})})
+        before = len(builds)
+        page = reader_page(client)
+        assert len(builds) == before + 1, change  # the change was seen: built afresh
+        assert reader_page(client) == page and len(builds) == before + 1  # and kept again
+        return page
+
+    page = after("UPDATE worklist_items SET priority = 'stat' WHERE study_pk = :study_pk")
+    assert entry(page, uid)["priority"] == "stat"
+    page = after("UPDATE studies SET description = '胸部侧位' WHERE id = :study_pk")
+    assert entry(page, uid)["study_description"] == "胸部侧位"
+    page = after("UPDATE studies SET num_instances = 2 WHERE id = :study_pk")
+    assert entry(page, uid)["num_instances"] == 2
+    page = after(
+        "UPDATE patients SET name = '张^三' WHERE id = "
+        "(SELECT patient_pk FROM studies WHERE id = :study_pk)"
+    )
+    assert entry(page, uid)["patient_name"] == "张^三"
+    page = after(
+        "INSERT INTO ecg_analyses (study_pk, status, heart_rate, rhythm, critical, "
+        "technically_unsatisfactory) VALUES (:study_pk, 'done', 72, 'sinus', false, false)"
+    )
+    assert entry(page, uid)["ecg"]["rhythm"] == "sinus"
+    page = after("UPDATE ecg_analyses SET critical = true WHERE study_pk = :study_pk")
+    assert entry(page, uid)["ecg"]["critical"] is True
+    page = after(
+        "UPDATE worklist_items SET claimed_by_id = "
+        "(SELECT id FROM users WHERE username = 'county_reader') WHERE study_pk = :study_pk"
+    )
+    assert entry(page, uid)["claimed_by"] == "县医院诊断医师"
+    page = after("UPDATE users SET full_name = '王医师' WHERE username = 'county_reader'")
+    assert entry(page, uid)["claimed_by"] == "王医师"
+    page = after("UPDATE institutions SET name = '西坪镇中心卫生院' WHERE code = 'XIPING'")
+    assert entry(page, uid)["origin"] == "西坪镇中心卫生院"
+    page = after("UPDATE studies SET modalities = NULL WHERE id = :study_pk")
+    page = after(
+        "INSERT INTO series (series_uid, study_pk, modality) VALUES (:uid, :study_pk, 'DX')",
+        {"uid": f"2.25.{uuid.uuid4().int}"},
+    )
+    assert entry(page, uid)["modality"] == "DX"  # the first series' modality
+    page = after("UPDATE series SET modality = 'CR' WHERE study_pk = :study_pk")
+    assert entry(page, uid)["modality"] == "CR"
+
+    # A new study routed to the pool (an item inserted) shows at once.
+    second = new_study(db, XIPING)
+    assert {item["study_uid"] for item in reader_page(client)["items"]} == {uid, second}
+    # Another pool's change does not move this pool's counter.
+    province = new_study(db, DINGHE)  # routed here first, then moved: both pools counted
+    reader_page(client)
+    before = len(builds)
+    with db() as session, session.begin():
+        session.execute(
+            text(
+                "UPDATE worklist_items SET priority = 'urgent' WHERE study_pk = "
+                "(SELECT id FROM studies WHERE study_uid = :uid)"
+            ),
+            {"uid": province},
+        )
+    reader_page(client)
+    assert len(builds) == before
+
+
+@pytest.mark.postgres
+def test_a_kept_page_turns_overdue_at_the_due_time_without_any_write(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, db = pg_hub(settings, postgres_database)
+    uid = new_study(db, XIPING)
+    due = clock.utcnow() + timedelta(minutes=2)  # within the token's lifetime
+    with db() as session, session.begin():
+        item = session.scalar(select(WorklistItem).join(Study).where(Study.study_uid == uid))
+        item.due_at = due
+    builds = count_builds(monkeypatch)
+    monkeypatch.setattr(service, "COUNT_CACHE_SECONDS", 10 * 24 * 3600.0)  # only the due time
+    page = reader_page(client)
+    assert entry(page, uid)["overdue"] is False
+    clock.advance(due - clock.utcnow() - timedelta(seconds=1))
+    assert reader_page(client) == page and len(builds) == 1
+    clock.advance(timedelta(seconds=2))
+    assert entry(reader_page(client), uid)["overdue"] is True
+    assert len(builds) == 2
+
+
+def test_nothing_is_kept_on_sqlite(
+    settings: Settings, db: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new_study(db, XIPING)
+    client = TestClient(create_app(settings))
+    builds = count_builds(monkeypatch)
+    assert reader_page(client) == reader_page(client)
+    assert len(builds) == 2  # no trigger keeps a change counter there, so every page is built

@@ -214,9 +214,13 @@ JSON = "application/json"
 def audited_json(request: Any, model: Any) -> Any:
     """``model`` as a JSON answer (the bytes FastAPI's own serialisation of a response model
     gives), its audit record written first; 503 instead if the record cannot be written."""
+    return audited_json_bytes(request, model.__pydantic_serializer__.to_json(model))
+
+
+def audited_json_bytes(request: Any, body: bytes) -> Any:
+    """:func:`audited_json` of an answer already serialised (a kept worklist page)."""
     from starlette.responses import Response
 
-    body = model.__pydantic_serializer__.to_json(model)
     if not write_for_answer(request, 200, JSON):
         return unavailable_response()
     return Response(body, media_type=JSON)

@@ -708,3 +708,16 @@ Index(
     WorklistItem.id,
 )
 Index("ix_worklist_items_pool_due", WorklistItem.pool_id, WorklistItem.due_at, WorklistItem.id)
+
+
+class WorklistVersion(Base):
+    """A pool's worklist change counter: counted up by PostgreSQL triggers (migration
+    0009_worklist_versions) in the transaction of every change to what a worklist page of that
+    pool shows, so a page read after the counter can be kept until the counter moves
+    (:mod:`remote_dx.worklist.page_cache`). No row, as on SQLite where no trigger writes one:
+    nothing is kept."""
+
+    __tablename__ = "worklist_versions"
+
+    pool_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -291,7 +291,7 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
     if query.sort not in SORTS:
         raise ValueError(f"unknown sort {query.sort!r}; use one of {', '.join(SORTS)}")
     now = utcnow()
-    shape = _shape(user, query)
+    shape = query_shape(user, query)
     statement = _page_statements.get(shape) if shape is not None else None
     if statement is None:
         statement = _page_statement(user, query, now)
@@ -359,7 +359,9 @@ def plan_is_value_independent(query: WorklistQuery) -> bool:
 _page_statements: dict[tuple[Any, ...], Any] = {}
 
 
-def _shape(user: User, query: WorklistQuery) -> tuple[Any, ...] | None:
+def query_shape(user: User, query: WorklistQuery) -> tuple[Any, ...] | None:
+    """The user's scope and every filter, order and paging value of ``query``; None when the
+    query depends on the time (the overdue filter)."""
     if query.overdue is not None:
         return None
     return (
@@ -436,7 +438,7 @@ _count_statements: dict[tuple[Any, ...], Any] = {}
 
 
 def _shape_no_overdue(user: User, query: WorklistQuery) -> tuple[Any, ...]:
-    return _shape(user, replace(query, overdue=None))[:-3]  # type: ignore[index]
+    return query_shape(user, replace(query, overdue=None))[:-3]  # type: ignore[index]
 
 
 def _total(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from remote_dx.api.audit import audited_json
+from remote_dx.api.audit import audited_json_bytes
 from remote_dx.api.deps import (
     READING_ROLES,
     AppSettings,
@@ -21,9 +21,10 @@ from remote_dx.api.deps import (
     run_hot,
 )
 from remote_dx.api.routers.studies import StudyUID
-from remote_dx.core.clock import SHANGHAI
+from remote_dx.core.clock import SHANGHAI, utcnow
 from remote_dx.core.models import Priority, WorklistStatus
 from remote_dx.worklist import lease
+from remote_dx.worklist.page_cache import KeptPages, fresh_until, page_key, pool_version
 from remote_dx.worklist.schemas import LeaseView, WorklistCounts, WorklistPage
 from remote_dx.worklist.service import (
     MAX_PAGE,
@@ -120,11 +121,28 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 
 
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
+    kept = _kept_pages(request)
     with hot_read(request) as session:
         plan_joins_as_written(session, generic=plan_is_value_independent(query))
         user = authenticate(request, session, token)
-        page = list_worklist(session, user, query)
-    return audited_json(request, page)
+        key = page_key(user, query)
+        version = None if key is None else pool_version(session, user)  # before the page
+        now = utcnow()
+        body = None if key is None or version is None else kept.get(key, version, now)
+        if body is None:
+            page = list_worklist(session, user, query)
+            body = WorklistPage.__pydantic_serializer__.to_json(page)
+            if key is not None and version is not None:
+                kept.put(key, version, fresh_until(page, now), body)
+    return audited_json_bytes(request, body)
+
+
+def _kept_pages(request: Request) -> KeptPages:
+    state = request.app.state
+    kept = getattr(state, "worklist_pages", None)
+    if kept is None:
+        kept = state.worklist_pages = KeptPages()
+    return kept
 
 
 @router.get(
