@@ -4,12 +4,15 @@ fresh, and only large totals are reused, for a few seconds."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
@@ -252,3 +255,50 @@ def test_nothing_is_kept_on_sqlite(
     builds = count_builds(monkeypatch)
     assert reader_page(client) == reader_page(client)
     assert len(builds) == 2  # no trigger keeps a change counter there, so every page is built
+
+
+@pytest.mark.postgres
+def test_a_filing_and_a_signing_of_one_study_do_not_deadlock_over_the_pool_counter(
+    settings: Settings, postgres_database: str
+) -> None:
+    """A signing changes the item, then the study; an instance filed meanwhile holds the study
+    and counts the pool up. The counter is taken at commit, so the filing commits and the
+    signing, which waited for the study's row, commits after it; neither is aborted."""
+    _client, db = pg_hub(settings, postgres_database)
+    uid = new_study(db, XIPING)
+    with db() as session:
+        study_pk, before = session.execute(
+            select(Study.id, Study.num_instances).where(Study.study_uid == uid)
+        ).one()
+    conninfo = make_url(postgres_database).set(drivername="postgresql").render_as_string(False)
+    errors: list[BaseException] = []
+    with psycopg.connect(conninfo) as filing, psycopg.connect(conninfo) as signing:
+        signing.execute(
+            "UPDATE worklist_items SET status = 'claimed' WHERE study_pk = %s", [study_pk]
+        )
+
+        def sign() -> None:
+            time.sleep(0.3)  # after the filing holds the study's row
+            try:
+                signing.execute("UPDATE studies SET description = '已读' WHERE id = %s", [study_pk])
+                signing.commit()
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        signer = threading.Thread(target=sign)
+        signer.start()
+        try:
+            filing.execute(
+                "UPDATE studies SET num_instances = num_instances + 1 WHERE id = %s", [study_pk]
+            )
+            time.sleep(0.6)  # the signing now waits for the study's row
+            filing.commit()
+        except psycopg.Error as exc:
+            errors.append(exc)
+        signer.join(timeout=30)
+    assert errors == []
+    with db() as session:
+        description, count = session.execute(
+            select(Study.description, Study.num_instances).where(Study.id == study_pk)
+        ).one()
+    assert (description, count) == ("已读", before + 1)

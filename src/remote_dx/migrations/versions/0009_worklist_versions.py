@@ -104,21 +104,28 @@ END
 $$ LANGUAGE plpgsql
 """
 
+# Constraint triggers, deferred to the commit: a counter's row lock is then the last lock a
+# transaction takes and is held only while it commits. Taken at the change instead, it could
+# close a cycle that did not exist before: an instance filed into a routed study holds the
+# study's row and would wait for the pool's counter, while a reader's signing holds the
+# counter (its item changed first) and waits for the study's row.
+_DEFERRED = "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
 TRIGGERS = (
-    "CREATE TRIGGER worklist_items_worklist_versions AFTER INSERT OR DELETE OR UPDATE "
-    "ON worklist_items FOR EACH ROW EXECUTE FUNCTION worklist_versions_item()",
+    "CREATE CONSTRAINT TRIGGER worklist_items_worklist_versions AFTER INSERT OR DELETE OR UPDATE "
+    f"ON worklist_items {_DEFERRED} EXECUTE FUNCTION worklist_versions_item()",
     *(
-        f"CREATE TRIGGER {table}_worklist_versions AFTER INSERT OR DELETE OR UPDATE OF "
-        f"{', '.join(columns)} ON {table} FOR EACH ROW EXECUTE FUNCTION worklist_versions_study()"
+        f"CREATE CONSTRAINT TRIGGER {table}_worklist_versions AFTER INSERT OR DELETE OR UPDATE OF "
+        f"{', '.join(columns)} ON {table} {_DEFERRED} EXECUTE FUNCTION worklist_versions_study()"
         for table, columns in STUDY_KEYED.items()
     ),
-    "CREATE TRIGGER patients_worklist_versions AFTER UPDATE OF patient_id, name, sex, birth_date "
-    "ON patients FOR EACH ROW EXECUTE FUNCTION worklist_versions_patient()",
-    "CREATE TRIGGER institutions_worklist_versions AFTER UPDATE OF name, code ON institutions "
-    "FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.code IS DISTINCT FROM NEW.code) "
+    "CREATE CONSTRAINT TRIGGER patients_worklist_versions AFTER UPDATE OF patient_id, name, sex, "
+    f"birth_date ON patients {_DEFERRED} EXECUTE FUNCTION worklist_versions_patient()",
+    "CREATE CONSTRAINT TRIGGER institutions_worklist_versions AFTER UPDATE OF name, code "
+    f"ON institutions {_DEFERRED} "
+    "WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.code IS DISTINCT FROM NEW.code) "
     "EXECUTE FUNCTION worklist_versions_all()",
-    "CREATE TRIGGER users_worklist_versions AFTER UPDATE OF full_name ON users "
-    "FOR EACH ROW WHEN (OLD.full_name IS DISTINCT FROM NEW.full_name) "
+    f"CREATE CONSTRAINT TRIGGER users_worklist_versions AFTER UPDATE OF full_name ON users "
+    f"{_DEFERRED} WHEN (OLD.full_name IS DISTINCT FROM NEW.full_name) "
     "EXECUTE FUNCTION worklist_versions_all()",
 )
 TRIGGER_TABLES = ("worklist_items", *STUDY_KEYED, "patients", "institutions", "users")
