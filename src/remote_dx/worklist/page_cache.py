@@ -57,7 +57,8 @@ def pool_version(session: Session, user: User) -> int | None:
     Read it before the page. Not asked on SQLite, where no trigger keeps one."""
     if session.get_bind().dialect.name == "sqlite":
         return None
-    return session.scalar(_POOL_VERSION, {"pool_id": user.institution_id})
+    # On the session's connection (same transaction), without the ORM's statement handling.
+    return session.connection().scalar(_POOL_VERSION, {"pool_id": user.institution_id})
 
 
 def fresh_until(page: WorklistPage, now: datetime) -> datetime:

@@ -123,13 +123,13 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
     kept = _kept_pages(request)
     with hot_read(request) as session:
-        plan_joins_as_written(session, generic=plan_is_value_independent(query))
         user = authenticate(request, session, token)
         key = page_key(user, query)
         version = None if key is None else pool_version(session, user)  # before the page
         now = utcnow()
         body = None if key is None or version is None else kept.get(key, version, now)
         if body is None:
+            plan_joins_as_written(session, generic=plan_is_value_independent(query))
             page = list_worklist(session, user, query)
             body = WorklistPage.__pydantic_serializer__.to_json(page)
             if key is not None and version is not None:
