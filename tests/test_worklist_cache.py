@@ -1,6 +1,7 @@
 """What the worklist keeps between requests for speed (issue 7, load) must not change what a user
-sees: page statements kept per query shape stay scoped to each user's pool, pages are always read
-fresh, and only large totals are reused, for a few seconds."""
+sees: page statements kept per query shape stay scoped to each user's pool, only large totals are
+reused, for a few seconds, and a page kept for a pool (PostgreSQL) is answered only while nothing
+it shows has changed, nor its time-bound fields (overdue) turned."""
 
 from __future__ import annotations
 

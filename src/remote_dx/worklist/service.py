@@ -431,8 +431,9 @@ def _page_statement(user: User, query: WorklistQuery, now: datetime) -> Any:
 # A busy pool's total is a count over tens of thousands of index entries (~8 ms of PostgreSQL
 # CPU at 90,000 items, more than the whole page), asked again by every page and refresh. Totals
 # of at least COUNT_CACHE_MIN items are therefore reused for COUNT_CACHE_SECONDS in the process:
-# "12,345 items" a few seconds old tells a reader as much as an exact figure, and the page itself
-# is always read fresh. Smaller totals (cheap to count, and where one item shows) are exact.
+# "12,345 items" a few seconds old tells a reader as much as an exact figure, and the page's items
+# are always current (a page kept by worklist.page_cache is one its pool has not changed since).
+# Smaller totals (cheap to count, and where one item shows) are exact.
 COUNT_CACHE_MIN = 1_000
 COUNT_CACHE_SECONDS = 5.0
 _totals: dict[tuple[Any, ...], tuple[float, int]] = {}
