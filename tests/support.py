@@ -11,10 +11,26 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, generate_uid
 
+from remote_dx.core.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE_STUDIES = ROOT / "sample_studies"
 DEMO_NETWORK = SAMPLE_STUDIES / "demo_network.yaml"
+
+
+def demo_hub_on(settings: Settings, database_url: str) -> Settings:
+    """``settings`` on another database (a test's own PostgreSQL one), migrated, with the demo
+    network (institutions, devices, users with password "demo")."""
+    from remote_dx.core.db import session_scope
+    from remote_dx.core.migrate import upgrade
+    from remote_dx.core.network import apply_network, load_network_file
+
+    hub = settings.model_copy(update={"database_url": database_url})
+    upgrade(hub)
+    with session_scope(hub) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    return hub
 
 
 def free_port() -> int:

@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from remote_dx.api.app import create_app
 from remote_dx.core import clock
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_engine, get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_engine, get_sessionmaker
 from remote_dx.core.models import (
     Device,
     Institution,
@@ -35,12 +34,11 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.security import hash_password
 from remote_dx.core.settings import Settings
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.factory import get_store
-from tests.support import DEMO_NETWORK, free_port
+from tests.support import demo_hub_on, free_port
 
 COUNTY, PROVINCE = "XXXRMYY", "HNSRMYY"
 XIPING, DINGHE = "XIPING", "DINGHE"
@@ -429,10 +427,7 @@ def test_openapi_docs(client: TestClient) -> None:
 
 @pytest.mark.postgres
 def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_database: str) -> None:
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     cases = populate(pg, get_sessionmaker(pg))
     client = TestClient(create_app(pg))
     for username, visible in SCOPES:
@@ -458,10 +453,7 @@ def test_hot_reads_keep_prepared_statements_and_plan_filtered_pages_per_value(
     """The worklist page and the study view end their transactions with COMMIT, so psycopg
     keeps the statements it prepared (a rollback deallocates them all); a page whose plan
     depends on its filter values (patient, dates) is not given the generic plan."""
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     cases = populate(pg, get_sessionmaker(pg))
     client = TestClient(create_app(pg))
     headers = auth(client, "county_reader")

@@ -19,16 +19,14 @@ from typer.testing import CliRunner
 
 from remote_dx.api.app import create_app
 from remote_dx.cli import app as cli
-from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import dispose_engines, get_sessionmaker
 from remote_dx.core.models import Instance, Study, WorklistItem
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings
 from remote_dx.ops.backup import BackupError, backup, restore
 from remote_dx.ops.fsck import fsck
 from remote_dx.reporting.keys import KEY_FILE
 from remote_dx.storage.factory import get_store
-from tests.support import DEMO_NETWORK
+from tests.support import demo_hub_on
 from tests.test_api_worklist import populate, worklist
 
 READERS = ("county_reader", "province_reader")
@@ -171,10 +169,7 @@ def test_postgresql_hub_pg_dump_restore_is_identical(
         _pg_tool("pg_dump")
     except BackupError as exc:
         pytest.skip(str(exc))
-    source = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(source)
-    with session_scope(source) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    source = demo_hub_on(settings, postgres_database)
     populate(source, get_sessionmaker(source))
     before = snapshot(source)
 

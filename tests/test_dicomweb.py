@@ -24,17 +24,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import Device, Institution, Study, StudyStatus, WorklistItem
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.dicomweb import wado
 from remote_dx.dicomweb.metadata import metadata_key
 from remote_dx.dicomweb.multipart import parse_media_type
 from remote_dx.ingest.instance import Sender, file_instance
 from remote_dx.storage.factory import get_store
-from tests.support import DEMO_NETWORK
+from tests.support import demo_hub_on
 
 COUNTY, PROVINCE = "XXXRMYY", "HNSRMYY"
 
@@ -470,10 +468,7 @@ def test_on_postgres(
     """The same searches and retrieves on PostgreSQL (ILIKE, LIKE … ESCAPE, EXISTS, ranges)."""
     monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
     reset_settings()
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     archive = file_archive(pg, get_sessionmaker(pg))
     client = TestClient(create_app(pg))
     test_qido_studies_matching_and_scope(client, archive)

@@ -26,8 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx import pipeline, tasks
 from remote_dx.api.app import create_app
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import (
     AlertSource,
     AnalysisStatus,
@@ -39,13 +38,12 @@ from remote_dx.core.models import (
     Study,
     WorklistItem,
 )
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.ecg.analysis import ALGORITHM_VERSION
 from remote_dx.ecg.model import ECG
 from remote_dx.ingest.study import sweep_ready_studies
 from tests.ecg_samples import csv_text, synthetic_ecg
-from tests.support import DEMO_NETWORK, wait_until
+from tests.support import demo_hub_on, wait_until
 from tests.test_ecg_upload_api import auth
 from tests.test_pipeline import file, local_testdata, make_dx, part10, quiet_over, run_task
 
@@ -171,10 +169,7 @@ def test_stemi_path_on_postgresql(
     """The same critical path with the scale-out database (JSON columns, the alert, the join)."""
     monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
     reset_settings()
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     db = get_sessionmaker(pg)
     tasks.configure(pg)
     client = TestClient(create_app(pg))

@@ -58,7 +58,7 @@ from remote_dx.reporting.export.view import load_view
 from remote_dx.reporting.keys import load_signing_key
 from remote_dx.reporting.schemas import ReportContent
 from tests.ecg_samples import synthetic_ecg
-from tests.support import free_port, wait_until
+from tests.support import demo_hub_on, free_port, wait_until
 from tests.test_ecg_pipeline import process
 from tests.test_ecg_upload_api import auth
 from tests.test_pipeline import file, make_dx, part10
@@ -672,18 +672,12 @@ def test_delivery_and_exports_on_postgresql(
     counted, the C-STORE delivered, the exports read back (JSON content, joins, scoping)."""
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-    from remote_dx.core.db import get_sessionmaker, session_scope
-    from remote_dx.core.migrate import upgrade
-    from remote_dx.core.network import apply_network, load_network_file
+    from remote_dx.core.db import get_sessionmaker
     from remote_dx.core.settings import reset_settings
-    from tests.support import DEMO_NETWORK
 
     monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
     reset_settings()
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     pg_db = get_sessionmaker(pg)
     tasks.configure(pg)
     client = TestClient(create_app(pg))

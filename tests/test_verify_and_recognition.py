@@ -24,16 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 
 from remote_dx.core import clock
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import Report, ReportVersion, Study
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings, reset_settings
 from remote_dx.reporting import keys
 from remote_dx.reporting.keys import canonical_json, load_signing_key
 from remote_dx.reporting.recognition import VALIDITY_DAYS, lookup
 from remote_dx.reporting.verify import ALPHABET, mask_id, mask_name, new_code, normalise_code
-from tests.support import DEMO_NETWORK
+from tests.support import demo_hub_on
 from tests.test_reporting import ABNORMAL, MACHINE_ECG, Hub, add_study, content, open_hub
 
 PATIENT = "XP-20250001"
@@ -322,10 +320,7 @@ def test_sign_confirm_amend_verify_and_recognise_on_postgresql(
     PostgreSQL verify byte for byte, the recognition join."""
     monkeypatch.setenv("RDX_DATABASE_URL", postgres_database)
     reset_settings()
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     for hub in open_hub(pg, get_sessionmaker(pg)):
         ecg = add_study(hub, modality="ECG", machine_ecg=MACHINE_ECG, second_signature=True)
         prefill = hub.report(ecg)["draft"]["content"]

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core import clock
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import (
     Institution,
     Patient,
@@ -29,12 +28,11 @@ from remote_dx.core.models import (
     User,
     WorklistItem,
 )
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings
 from remote_dx.routing.route import clear_rules_cache, route_study
 from remote_dx.worklist import service
 from remote_dx.worklist.service import WorklistQuery, list_worklist
-from tests.support import DEMO_NETWORK
+from tests.support import demo_hub_on
 
 XIPING, DINGHE, PROVINCE = "XIPING", "DINGHE", "HNSRMYY"
 
@@ -113,10 +111,7 @@ def test_small_totals_are_exact_large_ones_reused_briefly(
 
 
 def pg_hub(settings: Settings, postgres_database: str) -> tuple[TestClient, sessionmaker[Session]]:
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     return TestClient(create_app(pg)), get_sessionmaker(pg)
 
 

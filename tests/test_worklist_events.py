@@ -22,13 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from remote_dx.api.app import create_app
 from remote_dx.api.routers import events
 from remote_dx.api.routers.events import WorklistWatch
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import Institution, Study, User, WorklistItem
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.settings import Settings
 from remote_dx.worklist import lease
-from tests.support import DEMO_NETWORK, free_port, wait_until
+from tests.support import demo_hub_on, free_port, wait_until
 from tests.test_api_worklist import PROVINCE, Case, populate
 
 EVENT_TIMEOUT = 8.0  # polls run every second; a few seconds of slack for a loaded machine
@@ -251,8 +249,5 @@ def test_change_detection_on_sqlite(settings: Settings, db: sessionmaker[Session
 
 @pytest.mark.postgres
 def test_change_detection_on_postgresql(settings: Settings, postgres_database: str) -> None:
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     watch_changes(pg, get_sessionmaker(pg))

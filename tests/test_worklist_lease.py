@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
 from remote_dx.core import clock
-from remote_dx.core.db import get_sessionmaker, session_scope
-from remote_dx.core.migrate import upgrade
+from remote_dx.core.db import get_sessionmaker
 from remote_dx.core.models import (
     Institution,
     Role,
@@ -28,11 +27,10 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
-from remote_dx.core.network import apply_network, load_network_file
 from remote_dx.core.security import hash_password
 from remote_dx.core.settings import Settings
 from remote_dx.worklist.lease import expire_leases, mark_drafted, mark_signed
-from tests.support import DEMO_NETWORK
+from tests.support import demo_hub_on
 from tests.test_api_worklist import COUNTY, Case, auth, populate
 
 LEASE_MINUTES = 15
@@ -297,10 +295,7 @@ def test_two_readers_racing_exactly_one_wins(
 
 @pytest.mark.postgres
 def test_race_on_postgresql(settings: Settings, postgres_database: str) -> None:
-    pg = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(pg)
-    with session_scope(pg) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    pg = demo_hub_on(settings, postgres_database)
     sessions = get_sessionmaker(pg)
     cases = populate(pg, sessions)
     add_reader(sessions, "county_reader2", ["DX", "CR", "ECG"])
