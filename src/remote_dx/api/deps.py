@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from remote_dx.api.security import AuthenticationError, decode_access_token, token_is_revoked
-from remote_dx.core.models import Institution, Role, User
+from remote_dx.core.models import Institution, Role, User, WorklistVersion
 from remote_dx.core.settings import Settings
 from remote_dx.storage.base import ObjectStore
 
@@ -59,10 +59,13 @@ def unauthorized(message: str) -> HTTPException:
     )
 
 
-# Built once (its cache key too): it runs on every authenticated request.
+# Built once (its cache key too): it runs on every authenticated request. The change counter of
+# the user's pool comes along (NULL where there is none): a reader's worklist page needs it read
+# before the page, and one statement is one round trip less on the busiest read.
 _USER_WITH_CODE = (
-    select(User, Institution.code)
+    select(User, Institution.code, WorklistVersion.version)
     .outerjoin(Institution, Institution.id == User.institution_id)
+    .outerjoin(WorklistVersion, WorklistVersion.pool_id == User.institution_id)
     .where(User.id == bindparam("user_id"))
 )
 
@@ -80,6 +83,7 @@ def _user_from_bearer(request: Request, session: Session, token: str) -> User:
         user = session.query(User).filter(User.username == username).one_or_none()
         if user is None:
             raise unauthorized("invalid token: no local user for this sign-in")
+        request.state.pool_version = None  # not read here: such a user's pages are not kept
         return user
     early = getattr(request.state, "bearer_claims", None)
     if early is not None and early[0] == token:
@@ -100,6 +104,7 @@ def _user_from_bearer(request: Request, session: Session, token: str) -> User:
     if token_is_revoked(user, claims):
         raise unauthorized("token has been revoked; log in again")
     request.state.audit_institution = (user.institution_id, row[1])
+    request.state.pool_version = row[2]
     return user
 
 

@@ -20,7 +20,7 @@ no page is kept longer than that either.
 
 Not kept: technicians' and administrators' pages (their scope is not one pool), pages filtered
 on ``overdue`` (time decides those), and anything on a database without the counter rows
-(SQLite has no triggers: :func:`pool_version` answers None there).
+(SQLite has no triggers, so no counter row: the user's ``pool_version`` is None there).
 """
 
 from __future__ import annotations
@@ -30,17 +30,10 @@ from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
-
-from remote_dx.core.models import Role, User, WorklistStatus, WorklistVersion
+from remote_dx.core.models import Role, User, WorklistStatus
 from remote_dx.worklist import service
 from remote_dx.worklist.schemas import WorklistPage
 from remote_dx.worklist.service import READER_ROLES, WorklistQuery, query_shape
-
-_POOL_VERSION = select(WorklistVersion.version).where(
-    WorklistVersion.pool_id == bindparam("pool_id")
-)
 
 
 def page_key(user: User, query: WorklistQuery) -> tuple[Any, ...] | None:
@@ -50,15 +43,6 @@ def page_key(user: User, query: WorklistQuery) -> tuple[Any, ...] | None:
     shape = query_shape(user, query)  # None with an overdue filter
     # Readers, senior readers and supervisors of a pool see the same page.
     return None if shape is None else ("pool", *shape[1:])
-
-
-def pool_version(session: Session, user: User) -> int | None:
-    """The change counter of ``user``'s pool (None: no counter row, nothing may be kept).
-    Read it before the page. Not asked on SQLite, where no trigger keeps one."""
-    if session.get_bind().dialect.name == "sqlite":
-        return None
-    # On the session's connection (same transaction), without the ORM's statement handling.
-    return session.connection().scalar(_POOL_VERSION, {"pool_id": user.institution_id})
 
 
 def fresh_until(page: WorklistPage, now: datetime) -> datetime:

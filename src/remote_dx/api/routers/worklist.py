@@ -24,7 +24,7 @@ from remote_dx.api.routers.studies import StudyUID
 from remote_dx.core.clock import SHANGHAI, utcnow
 from remote_dx.core.models import Priority, WorklistStatus
 from remote_dx.worklist import lease
-from remote_dx.worklist.page_cache import KeptPages, fresh_until, page_key, pool_version
+from remote_dx.worklist.page_cache import KeptPages, fresh_until, page_key
 from remote_dx.worklist.schemas import LeaseView, WorklistCounts, WorklistPage
 from remote_dx.worklist.service import (
     MAX_PAGE,
@@ -123,9 +123,9 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
     kept = _kept_pages(request)
     with hot_read(request) as session:
-        user = authenticate(request, session, token)
+        user = authenticate(request, session, token)  # reads the pool's counter too
         key = page_key(user, query)
-        version = None if key is None else pool_version(session, user)  # before the page
+        version = request.state.pool_version  # read before the page, with the user
         now = utcnow()
         body = None if key is None or version is None else kept.get(key, version, now)
         if body is None:
