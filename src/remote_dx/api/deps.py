@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import anyio
+from anyio.lowlevel import RunVar
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import bindparam, select
@@ -153,14 +154,19 @@ CheckedToken = Annotated[str, Depends(checked_token)]
 HOT_READS_AT_ONCE = {"study": 8, "worklist": 2}
 
 
-async def run_hot(request: Request, kind: str, function: Callable[..., T], *args: Any) -> T:
+# Per event loop, as anyio keeps its own default thread limiter: a limiter wakes its waiters
+# through its loop, so one shared by several loops (a test client runs a loop per request, in
+# its own thread) could leave a waiter asleep for good. A server process runs one loop.
+_hot_reads_limiters: RunVar[dict[str, anyio.CapacityLimiter]] = RunVar("hot_reads_limiters")
+
+
+async def run_hot(kind: str, function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` in a worker thread, at most ``HOT_READS_AT_ONCE[kind]`` at a time."""
-    state = request.app.state
-    limiters = getattr(state, "hot_reads_limiters", None)
-    if limiters is None:
-        limiters = state.hot_reads_limiters = {
-            name: anyio.CapacityLimiter(slots) for name, slots in HOT_READS_AT_ONCE.items()
-        }
+    try:
+        limiters = _hot_reads_limiters.get()
+    except LookupError:
+        limiters = {name: anyio.CapacityLimiter(n) for name, n in HOT_READS_AT_ONCE.items()}
+        _hot_reads_limiters.set(limiters)
     return await anyio.to_thread.run_sync(
         functools.partial(function, *args), limiter=limiters[kind]
     )

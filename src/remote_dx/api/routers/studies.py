@@ -28,7 +28,7 @@ StudyUID = Annotated[
 async def read_study(request: Request, study_uid: StudyUID, token: CheckedToken) -> Response:
     # A viewer opens studies one after another: the user, the study and the audit record in
     # one thread-pool call.
-    return await run_hot(request, "study", _study_answer, request, token, study_uid)
+    return await run_hot("study", _study_answer, request, token, study_uid)
 
 
 def _study_answer(request: Request, token: str, study_uid: str) -> Response:

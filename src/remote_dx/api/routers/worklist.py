@@ -117,7 +117,7 @@ Filters = Annotated[WorklistQuery, Depends(worklist_query)]
 )
 async def get_worklist(request: Request, token: CheckedToken, query: Filters) -> Response:
     # The busiest read: the user, the page and the audit record in one thread-pool call.
-    return await run_hot(request, "worklist", _worklist_answer, request, token, query)
+    return await run_hot("worklist", _worklist_answer, request, token, query)
 
 
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
