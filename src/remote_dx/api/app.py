@@ -47,6 +47,7 @@ from remote_dx.core.errors import DatabaseUnavailable, ServiceError, StorageUnav
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.ops.http import RequestContextMiddleware
 from remote_dx.storage.factory import get_store
+from remote_dx.worklist.page_cache import KeptPages
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = get_sessionmaker(settings)
+    app.state.worklist_pages = KeptPages()  # readers' pages, kept per pool (worklist.page_cache)
     app.state.store = get_store(settings)
     app.state.jwt_secret = load_jwt_secret(settings)
     app.state.oidc = oidc_verifier(settings)  # None unless RDX_OIDC_ISSUER is set

@@ -308,14 +308,13 @@ def list_worklist(session: Session, user: User, query: WorklistQuery) -> Worklis
     )
 
 
-_JOINS_AS_WRITTEN = text(
+_JOINS_AS_WRITTEN_SQL = (
     "SELECT set_config('join_collapse_limit', '1', true), "
     "set_config('from_collapse_limit', '1', true)"
 )
+_JOINS_AS_WRITTEN = text(_JOINS_AS_WRITTEN_SQL)
 _JOINS_AS_WRITTEN_GENERIC = text(
-    "SELECT set_config('join_collapse_limit', '1', true), "
-    "set_config('from_collapse_limit', '1', true), "
-    "set_config('plan_cache_mode', 'force_generic_plan', true)"
+    _JOINS_AS_WRITTEN_SQL + ", set_config('plan_cache_mode', 'force_generic_plan', true)"
 )
 
 

@@ -121,28 +121,20 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 
 
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
-    kept = _kept_pages(request)
+    kept: KeptPages = request.app.state.worklist_pages
     with hot_read(request) as session:
         user = authenticate(request, session, token)  # reads the pool's counter too
-        key = page_key(user, query)
         version = request.state.pool_version  # read before the page, with the user
+        key = None if version is None else page_key(user, query)
         now = utcnow()
-        body = None if key is None or version is None else kept.get(key, version, now)
+        body = None if key is None else kept.get(key, version, now)
         if body is None:
             plan_joins_as_written(session, generic=plan_is_value_independent(query))
             page = list_worklist(session, user, query)
             body = WorklistPage.__pydantic_serializer__.to_json(page)
-            if key is not None and version is not None:
+            if key is not None:
                 kept.put(key, version, fresh_until(page, now), body)
     return audited_json_bytes(request, body)
-
-
-def _kept_pages(request: Request) -> KeptPages:
-    state = request.app.state
-    kept = getattr(state, "worklist_pages", None)
-    if kept is None:
-        kept = state.worklist_pages = KeptPages()
-    return kept
 
 
 @router.get(

@@ -45,16 +45,12 @@ END
 $$ LANGUAGE plpgsql
 """
 
+# OLD is NULL for an INSERT and NEW for a DELETE (PostgreSQL 11 on, as EXECUTE FUNCTION is), and
+# the bump skips NULL pools, so one statement serves all three operations.
 ITEM_FUNCTION = """
 CREATE OR REPLACE FUNCTION worklist_versions_item() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM worklist_versions_bump(ARRAY[NEW.pool_id]);
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM worklist_versions_bump(ARRAY[OLD.pool_id]);
-    ELSE
-        PERFORM worklist_versions_bump(ARRAY[OLD.pool_id, NEW.pool_id]);
-    END IF;
+    PERFORM worklist_versions_bump(ARRAY[OLD.pool_id, NEW.pool_id]);
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql
@@ -67,11 +63,11 @@ DECLARE
     new_pk integer;
 BEGIN
     IF TG_TABLE_NAME = 'studies' THEN
-        IF TG_OP <> 'INSERT' THEN old_pk := OLD.id; END IF;
-        IF TG_OP <> 'DELETE' THEN new_pk := NEW.id; END IF;
+        old_pk := OLD.id;
+        new_pk := NEW.id;
     ELSE
-        IF TG_OP <> 'INSERT' THEN old_pk := OLD.study_pk; END IF;
-        IF TG_OP <> 'DELETE' THEN new_pk := NEW.study_pk; END IF;
+        old_pk := OLD.study_pk;
+        new_pk := NEW.study_pk;
     END IF;
     PERFORM worklist_versions_bump(
         ARRAY(SELECT pool_id FROM worklist_items WHERE study_pk IN (old_pk, new_pk))
