@@ -1,9 +1,9 @@
 """The accuracy bench's reference (issue 3 definition) and a regression guard on LUDB intervals.
 
 LUDB: Kalyakulina et al., IEEE Access 8:186181 (2020), PhysioNet. The verdict against the IEC
-60601-2-25 tolerances is bench/ecg_accuracy.py on the held-out even records; the guard here runs
-on twenty odd records (those the method's constants were chosen on), so it only catches a
-regression of the delineation, it does not validate it.
+60601-2-25 tolerances is bench/ecg_accuracy.py on all the held-out even records; the guard here
+runs on twenty of them (2–40), so it catches a regression of the delineation on records that
+neither chose the rules' constants nor trained the network; it is not the validation itself.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_beat_matching_is_one_to_one_within_150_ms(bench: ModuleType) -> None:
 def test_interval_errors_do_not_regress(bench: ModuleType) -> None:
     from remote_dx.ecg.analysis.analyze import analyze
 
-    records = list(range(1, 41, 2))
+    records = list(range(2, 41, 2))
     errors: dict[str, list[float]] = {"p": [], "pr": [], "qrs": [], "qt": []}
     for record in records:
         ref = bench.ludb_reference(record)
@@ -78,9 +78,11 @@ def test_interval_errors_do_not_regress(bench: ModuleType) -> None:
         for key, value in ours.items():
             if value is not None and ref[key] is not None:
                 errors[key].append(value - ref[key])
-    # At the time of writing: median |error| P 4, PR 3.5, QRS 6, QT 15.5 ms; mean +1.6, +3.7,
-    # +0.2, −4.1 ms. The bounds leave room for small changes, not for a broken delineation.
-    bounds = {"p": 8.0, "pr": 8.0, "qrs": 10.0, "qt": 25.0}
+    # At the time of writing (rdx-ecg 0.5.0): median |error| P 5.0, PR 4.1, QRS 6.6, QT 6.8 ms;
+    # mean −4.9, −6.9, +1.5, +3.2 ms. The median-beat rules alone gave P 9.0, PR 6.0, QRS 10.0,
+    # QT 7.0, so these bounds fail without the learned reading; they leave room for small
+    # changes, not for a broken delineation.
+    bounds = {"p": 7.0, "pr": 6.0, "qrs": 8.5, "qt": 12.0}
     means = {"p": 10.0, "pr": 10.0, "qrs": 10.0, "qt": 25.0}  # IEC 60601-2-25 mean tolerances
     for key, errs in errors.items():
         assert len(errs) >= 15, key

@@ -80,7 +80,7 @@ def test_output_shape_and_normal_ecg_is_not_critical() -> None:
     res = analyze(twelve_lead(70))
     d = res.to_dict()
     assert set(d) >= FIELDS
-    assert d["algorithm_version"] == ALGORITHM_VERSION == "rdx-ecg 0.4.2"
+    assert d["algorithm_version"] == ALGORITHM_VERSION == "rdx-ecg 0.5.0"
     assert d["heart_rate"] == pytest.approx(70, abs=3)
     assert d["rhythm"] == "sinus"
     assert d["critical"]["critical"] is False

@@ -87,9 +87,13 @@ class ECGOutcome:
 
 
 def preload_analysis() -> None:
-    """Import the analysis (neurokit2, SciPy) now rather than on the first ECG: a worker calls
-    this as it starts, so a chest-pain ECG never waits the ~3 s import."""
+    """Import the analysis (neurokit2, SciPy) and load the delineation network now rather than
+    on the first ECG: a worker calls this as it starts, so a chest-pain ECG never waits the ~3 s
+    import."""
     import remote_dx.ecg.analysis.analyze  # noqa: F401
+    from remote_dx.ecg.analysis import delineator
+
+    delineator.warm_up()
 
 
 def analyse_waveform(data: bytes, *, sop_instance_uid: str) -> ECGOutcome:

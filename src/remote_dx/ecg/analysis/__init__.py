@@ -8,6 +8,6 @@ version. Workers import :mod:`.analyze` ahead of their first ECG (``ecg.service.
 """
 
 #: Stored with every machine result, so a reading can be traced to the rules that produced it.
-ALGORITHM_VERSION = "rdx-ecg 0.4.2"
+ALGORITHM_VERSION = "rdx-ecg 0.5.0"
 
 __all__ = ["ALGORITHM_VERSION"]

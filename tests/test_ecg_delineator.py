@@ -1,0 +1,139 @@
+"""The learned per-lead delineation: its numpy network, the leads' vote, and its use in analyze().
+
+LUDB: Kalyakulina et al., IEEE Access 8:186181 (2020), PhysioNet. The network was trained on the
+odd records (bench/train_delineator.py); record 2 used here is held out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from remote_dx.ecg.analysis import delineator
+from remote_dx.ecg.analysis.delineator import BeatWaves, Votes, beat_waves, median_intervals
+from tests.support import SHARED_DATA
+
+LUDB = SHARED_DATA / "ecg" / "ludb" / "data"
+
+
+def _naive_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Same-padded cross-correlation, lead by lead, the slow obvious way (what Conv1d does)."""
+    cin, leads, n = x.shape
+    cout, _, k = w.shape
+    pad = k // 2
+    out = np.zeros((cout, leads, n), dtype=np.float64)
+    for lead in range(leads):
+        xp = np.pad(x[:, lead, :].astype(np.float64), ((0, 0), (pad, pad)))
+        for o in range(cout):
+            for i in range(cin):
+                out[o, lead] += np.correlate(xp[i], w[o, i].astype(np.float64), mode="valid")
+            out[o, lead] += b[o]
+    return out
+
+
+@pytest.mark.parametrize("cin", [1, 5])
+def test_convolution_keeps_leads_apart(cin: int) -> None:
+    rng = np.random.default_rng(cin)
+    x = rng.normal(size=(cin, 3, 40)).astype(np.float32)
+    w = rng.normal(size=(4, cin, 9)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    got = delineator._conv(x, w, b)
+    assert got.shape == (4, 3, 40)
+    # Each lead alone gives the same answer as with its neighbours: no tap crossed a lead.
+    np.testing.assert_allclose(got, _naive_conv(x, w, b), rtol=1e-4, atol=1e-4)
+
+
+def test_shipped_network_gives_probabilities_per_lead_and_sample() -> None:
+    x = np.random.default_rng(0).normal(0, 0.1, (12, 2501))
+    prob = delineator.probabilities(x)
+    assert prob.shape == (12, 4, 2501)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
+
+
+def _votes(n: int, spans: dict[int, list[tuple[int, int, float]]]) -> np.ndarray:
+    """A [1, 4, n] 'probability' whose summed vote is ``level`` over each span of each class."""
+    prob = np.zeros((1, 4, n), dtype=np.float32)
+    for cls, runs in spans.items():
+        for a, z, level in runs:
+            prob[0, cls, a : z + 1] = level
+    prob[0, 0] = np.maximum(0.0, 1.0 - prob[0, 1:].sum(axis=0))
+    return prob
+
+
+def test_beat_waves_takes_the_last_p_and_the_longest_t() -> None:
+    fs = delineator.FS
+    need = Votes(p=1.5, qrs=1.5, t=1.5)
+    # One beat, R at sample 250 (1 s): QRS 240–265, an early P-like bump 150–160 and the P
+    # 190–220, T 320–340 and 350–400 (the longer one is the T).
+    prob = _votes(
+        600,
+        {
+            delineator.QRS: [(240, 265, 3.0)],
+            delineator.P_WAVE: [(150, 160, 3.0), (190, 220, 3.0)],
+            delineator.T_WAVE: [(320, 340, 3.0), (350, 400, 3.0)],
+        },
+    )
+    (wave,) = beat_waves(prob, np.array([250 / fs]), np.array([0]), need)
+    # Crossings are interpolated between samples: the vote rises 0 → 3 over one sample.
+    assert wave.qrs_on * fs == pytest.approx(239.5)
+    assert wave.qrs_off * fs == pytest.approx(265.5)
+    assert wave.p_on * fs == pytest.approx(189.5)
+    assert wave.p_off * fs == pytest.approx(220.5)
+    assert wave.t_off * fs == pytest.approx(400.5)
+
+
+def test_beat_waves_ignores_a_wiggle_and_a_beat_without_qrs() -> None:
+    fs = delineator.FS
+    need = Votes(p=1.5, qrs=1.5, t=1.5)
+    prob = _votes(
+        600,
+        {
+            delineator.QRS: [(240, 265, 3.0)],
+            delineator.P_WAVE: [(200, 203, 3.0)],  # 16 ms: too short to be a P wave
+            delineator.T_WAVE: [(320, 340, 1.0)],  # one lead's worth: below the vote
+        },
+    )
+    waves = beat_waves(prob, np.array([250 / fs, 500 / fs]), np.array([0, 1]), need)
+    assert len(waves) == 1  # no QRS vote near the second R peak
+    assert waves[0].p_on is None and waves[0].p_off is None and waves[0].t_off is None
+
+
+def test_median_intervals_are_medians_of_each_beats_own() -> None:
+    waves = [
+        BeatWaves(qrs_on=1.00, qrs_off=1.10, p_on=0.84, p_off=0.94, t_off=1.40),
+        BeatWaves(qrs_on=2.00, qrs_off=2.08, p_on=1.82, p_off=1.92, t_off=2.38),
+        BeatWaves(qrs_on=3.00, qrs_off=3.12, p_on=None, p_off=None, t_off=None),
+    ]
+    got = median_intervals(waves)
+    assert got["qrs"] == pytest.approx(100.0)
+    assert got["pr"] == pytest.approx(170.0)
+    assert got["p"] == pytest.approx(100.0)
+    assert got["qt"] == pytest.approx(390.0)
+    assert median_intervals([]) == {"p": None, "pr": None, "qrs": None, "qt": None}
+
+
+def test_analysis_reports_the_mean_of_rules_and_learned_reading() -> None:
+    wfdb = pytest.importorskip("wfdb")
+    if not (LUDB / "2.hea").exists():
+        pytest.skip(f"LUDB not found at {LUDB}")
+    from remote_dx.ecg.analysis.analyze import RULE_WEIGHT, analyze
+    from remote_dx.ecg.model import ECG
+
+    rec = wfdb.rdrecord(str(LUDB / "2"))
+    names = {"i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF"}
+    leads = {
+        names.get(n, n.upper()): rec.p_signal[:, i].astype(np.float32)
+        for i, n in enumerate(rec.sig_name)
+    }
+    result = analyze(ECG(leads=leads, sampling_rate=float(rec.fs)))
+    rules, learned = result.interval_readings["rules"], result.interval_readings["learned"]
+    for key, reported in (("qrs", result.qrs_ms), ("qt", result.qt_ms)):
+        assert rules[key] is not None and learned[key] is not None
+        expected = RULE_WEIGHT * rules[key] + (1 - RULE_WEIGHT) * learned[key]
+        assert reported == pytest.approx(expected, abs=0.05)
+    assert "interval_readings" not in result.to_dict()
+    # The learned reading on this held-out record, against the cardiologists' global QRS
+    # (the earliest onset to the latest offset marked over the 12 leads, median over beats).
+    from bench.ecg_accuracy import ludb_reference
+
+    assert learned["qrs"] == pytest.approx(ludb_reference(2)["qrs"], abs=10.0)
