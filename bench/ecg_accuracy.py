@@ -472,6 +472,7 @@ def main() -> int:
     totals = np.zeros(3, dtype=int)
     refs: dict[int, dict] = {}
     ours: dict[int, dict] = {}
+    readings: dict[int, dict] = {}
     rhythm: dict[int, str] = {}
     rates: dict[int, float | None] = {}
     misses = []
@@ -481,6 +482,7 @@ def main() -> int:
         ecg = ludb_ecg(r)
         res = analyze(ecg)
         ours[r] = {"p": res.p_duration_ms, "pr": res.pr_ms, "qrs": res.qrs_ms, "qt": res.qt_ms}
+        readings[r] = res.interval_readings
         rhythm[r] = res.rhythm or "none"
         rates[r] = res.heart_rate
         lo, hi = ref["span"]
@@ -499,7 +501,13 @@ def main() -> int:
     even = [r for r in records if r % 2 == 0]
     odd = [r for r in records if r % 2 == 1]
     short = _interval_table("  held-out even records (verdict)", ours, refs, even, True)
-    _interval_table("  odd records (constants chosen here)", ours, refs, odd, False)
+    _interval_table(
+        "  odd records (the rules' constants chosen and the network trained here)",
+        ours,
+        refs,
+        odd,
+        False,
+    )
     _interval_table("  all records", ours, refs, records, False)
     unmeasured = {
         k: sum(ours[r][k] is None and refs[r][k] is not None for r in records)
@@ -509,6 +517,19 @@ def main() -> int:
         "  reference present but ours null (P absent/unsure → null, never a guess): "
         + ", ".join(f"{LABELS[k]} {v}" for k, v in unmeasured.items())
     )
+    for name in ("rules", "learned"):
+        # Each reading alone, where the combined one reports (a P only where the rules measure
+        # one): what the combination gains over either.
+        alone = {
+            r: {
+                k: readings[r].get(name, {}).get(k) if ours[r][k] is not None else None
+                for k in ("p", "pr", "qrs", "qt")
+            }
+            for r in records
+        }
+        _interval_table(
+            f"  held-out even records, the {name} reading alone", alone, refs, even, False
+        )
     worst_records(ours, refs, even, ludb_summary())
     reference_sensitivity(ours, refs, records, even)
 
