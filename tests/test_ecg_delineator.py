@@ -137,3 +137,19 @@ def test_analysis_reports_the_mean_of_rules_and_learned_reading() -> None:
     from bench.ecg_accuracy import ludb_reference
 
     assert learned["qrs"] == pytest.approx(ludb_reference(2)["qrs"], abs=10.0)
+
+
+def test_a_single_lead_gets_a_learned_reading_too() -> None:
+    wfdb = pytest.importorskip("wfdb")
+    if not (LUDB / "2.hea").exists():
+        pytest.skip(f"LUDB not found at {LUDB}")
+    from remote_dx.ecg.analysis.analyze import analyze
+    from remote_dx.ecg.model import ECG
+
+    rec = wfdb.rdrecord(str(LUDB / "2"))
+    lead_ii = rec.p_signal[:, rec.sig_name.index("ii")].astype(np.float32)
+    result = analyze(ECG(leads={"II": lead_ii}, sampling_rate=float(rec.fs)))
+    learned = result.interval_readings["learned"]
+    # 1.5 leads' worth of vote cannot come from one lead: half of the usable leads is asked.
+    assert learned["qrs"] is not None and learned["qt"] is not None
+    assert 60.0 <= learned["qrs"] <= 160.0 and 300.0 <= learned["qt"] <= 500.0
