@@ -220,9 +220,10 @@ def analyze(ecg: ECG) -> ECGAnalysis:
         if bnd.t_off is not None and bnd.t_off > bnd.qrs_off:
             rules["qt"] = _ms(bnd.t_off - bnd.qrs_on, fs)
         # Two readings of the same beats whose errors are only partly shared (the rules on
-        # the median beat, the network on each beat's per-lead waves): their mean is closer to
-        # the cardiologists' than either (bench/ecg_accuracy.py). Whether a P is measured at
-        # all stays the rules' decision (P consistency, size, pacing).
+        # the median beat, the network on each beat's per-lead waves). In the cross-validation
+        # on the odd LUDB records their mean was closer to the cardiologists' than either
+        # (bench/README.md). Whether a P is measured at all stays the rules' decision (P
+        # consistency, size, pacing).
         learned = _learned_intervals(x, fs, usable, r_peaks, mb)
         result.interval_readings = {"rules": rules, "learned": learned}
         result.qrs_ms = _combined(rules["qrs"], learned["qrs"])
