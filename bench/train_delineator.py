@@ -87,11 +87,11 @@ class Block(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, inputs: int = 1) -> None:
+    def __init__(self) -> None:
         super().__init__()
         ch = CHANNELS
         self.down = nn.ModuleList()
-        cin = inputs
+        cin = 1  # one lead
         for c in ch:
             self.down.append(Block(cin, c))
             cin = c

@@ -7,11 +7,15 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, generate_uid
 
 from remote_dx.core.settings import Settings
+
+if TYPE_CHECKING:
+    from remote_dx.ecg.model import ECG
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -89,3 +93,26 @@ def multiframe_cine(syntax: str, pixel_data: bytes, frames: int) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == "1.2.840.10008.1.2")
     return out.getvalue()
+
+
+LUDB = SHARED_DATA / "ecg" / "ludb" / "data"
+_LUDB_NAMES = {"i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF"}
+
+
+def ludb_ecg(record: int) -> ECG:
+    """One LUDB record (Kalyakulina et al., IEEE Access 2020) as the internal ECG model; the
+    calling test is skipped where wfdb or the data are missing."""
+    import numpy as np
+    import pytest
+
+    from remote_dx.ecg.model import ECG
+
+    wfdb = pytest.importorskip("wfdb")
+    if not (LUDB / f"{record}.hea").exists():
+        pytest.skip(f"LUDB not found at {LUDB}")
+    rec = wfdb.rdrecord(str(LUDB / str(record)))
+    leads = {
+        _LUDB_NAMES.get(n, n.upper()): rec.p_signal[:, i].astype(np.float32)
+        for i, n in enumerate(rec.sig_name)
+    }
+    return ECG(leads=leads, sampling_rate=float(rec.fs))

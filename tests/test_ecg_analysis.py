@@ -16,11 +16,10 @@ from remote_dx.ecg.analysis.critical import stemi_leads, v2v3_cutpoint
 from remote_dx.ecg.analysis.preprocess import lead_matrix
 from remote_dx.ecg.analysis.rhythm import pacing_spike
 from remote_dx.ecg.model import ECG, PatientInfo
-from tests.support import SHARED_DATA
+from tests.support import LUDB
+from tests.support import ludb_ecg as ludb
 
 FS = 500
-LUDB = SHARED_DATA / "ecg" / "ludb" / "data"
-_LUDB_NAMES = {"i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF"}
 FIELDS = {
     "heart_rate",
     "rr_irregularity",
@@ -152,18 +151,6 @@ def test_all_flat_measures_nothing() -> None:
 
 
 # ------------------------------------------------------------------------- LUDB records
-def ludb(record: int) -> ECG:
-    wfdb = pytest.importorskip("wfdb")
-    if not (LUDB / f"{record}.hea").exists():
-        pytest.skip(f"LUDB not found at {LUDB}")
-    rec = wfdb.rdrecord(str(LUDB / str(record)))
-    leads = {
-        _LUDB_NAMES.get(n, n.upper()): rec.p_signal[:, i].astype(np.float32)
-        for i, n in enumerate(rec.sig_name)
-    }
-    return ECG(leads=leads, sampling_rate=float(rec.fs))
-
-
 def ludb_rhythm(record: int) -> str:
     import csv
 

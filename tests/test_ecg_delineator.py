@@ -11,9 +11,7 @@ import pytest
 
 from remote_dx.ecg.analysis import delineator
 from remote_dx.ecg.analysis.delineator import BeatWaves, Votes, beat_waves, median_intervals
-from tests.support import SHARED_DATA
-
-LUDB = SHARED_DATA / "ecg" / "ludb" / "data"
+from tests.support import ludb_ecg
 
 
 def _naive_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,13 +48,14 @@ def test_shipped_network_gives_probabilities_per_lead_and_sample() -> None:
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
 
 
-def _votes(n: int, spans: dict[int, list[tuple[int, int, float]]]) -> np.ndarray:
-    """A [1, 4, n] 'probability' whose summed vote is ``level`` over each span of each class."""
-    prob = np.zeros((1, 4, n), dtype=np.float32)
+def _votes(n: int, spans: dict[int, list[tuple[int, int, float]]], leads: int = 4) -> np.ndarray:
+    """[leads, 4, n] probabilities whose vote (sum over the leads) is ``level`` over each span
+    of each class, shared equally by the leads."""
+    prob = np.zeros((leads, 4, n), dtype=np.float32)
     for cls, runs in spans.items():
         for a, z, level in runs:
-            prob[0, cls, a : z + 1] = level
-    prob[0, 0] = np.maximum(0.0, 1.0 - prob[0, 1:].sum(axis=0))
+            prob[:, cls, a : z + 1] = level / leads
+    prob[:, 0] = np.maximum(0.0, 1.0 - prob[:, 1:].sum(axis=1))
     return prob
 
 
@@ -113,19 +112,9 @@ def test_median_intervals_are_medians_of_each_beats_own() -> None:
 
 
 def test_analysis_reports_the_mean_of_rules_and_learned_reading() -> None:
-    wfdb = pytest.importorskip("wfdb")
-    if not (LUDB / "2.hea").exists():
-        pytest.skip(f"LUDB not found at {LUDB}")
     from remote_dx.ecg.analysis.analyze import RULE_WEIGHT, analyze
-    from remote_dx.ecg.model import ECG
 
-    rec = wfdb.rdrecord(str(LUDB / "2"))
-    names = {"i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF"}
-    leads = {
-        names.get(n, n.upper()): rec.p_signal[:, i].astype(np.float32)
-        for i, n in enumerate(rec.sig_name)
-    }
-    result = analyze(ECG(leads=leads, sampling_rate=float(rec.fs)))
+    result = analyze(ludb_ecg(2))
     rules, learned = result.interval_readings["rules"], result.interval_readings["learned"]
     for key, reported in (("qrs", result.qrs_ms), ("qt", result.qt_ms)):
         assert rules[key] is not None and learned[key] is not None
@@ -140,15 +129,11 @@ def test_analysis_reports_the_mean_of_rules_and_learned_reading() -> None:
 
 
 def test_a_single_lead_gets_a_learned_reading_too() -> None:
-    wfdb = pytest.importorskip("wfdb")
-    if not (LUDB / "2.hea").exists():
-        pytest.skip(f"LUDB not found at {LUDB}")
     from remote_dx.ecg.analysis.analyze import analyze
     from remote_dx.ecg.model import ECG
 
-    rec = wfdb.rdrecord(str(LUDB / "2"))
-    lead_ii = rec.p_signal[:, rec.sig_name.index("ii")].astype(np.float32)
-    result = analyze(ECG(leads={"II": lead_ii}, sampling_rate=float(rec.fs)))
+    ecg = ludb_ecg(2)
+    result = analyze(ECG(leads={"II": ecg.leads["II"]}, sampling_rate=ecg.sampling_rate))
     learned = result.interval_readings["learned"]
     # 1.5 leads' worth of vote cannot come from one lead: half of the usable leads is asked.
     assert learned["qrs"] is not None and learned["qt"] is not None

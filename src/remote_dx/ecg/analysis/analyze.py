@@ -85,13 +85,7 @@ def _learned_intervals(
     """P duration, PR, QRS and QT (ms) from the learned per-lead delineation of the median
     beat's own beats (:mod:`remote_dx.ecg.analysis.delineator`)."""
     prob = delineator.probabilities(delineator.to_network_rate(x[usable], fs))
-    # With fewer than three usable leads (a rhythm strip, an ambulatory recording) 1.5 leads
-    # could never or only just agree: there, half of them must.
-    half = 0.5 * int(usable.sum())
-    votes = delineator.Votes(
-        p=min(VOTES_NEEDED.p, half), qrs=min(VOTES_NEEDED.qrs, half), t=min(VOTES_NEEDED.t, half)
-    )
-    waves = delineator.beat_waves(prob, r_peaks / fs, mb.used, votes)
+    waves = delineator.beat_waves(prob, r_peaks / fs, mb.used, VOTES_NEEDED)
     return delineator.median_intervals(waves)
 
 

@@ -109,7 +109,7 @@ def probabilities(leads: NDArray[np.float64]) -> F32:
 
     The products run on one BLAS thread: the worker runs one analysis per core already, and
     OpenBLAS's threads, spinning while they wait for work, took the other process's core (2
-    worker processes: 4.8 ECGs/s with BLAS's default threads, against ~20 with one).
+    worker processes: 4.8 ECGs/s with BLAS's default threads, against 18 with one).
     """
     with _blas().limit(limits=1, user_api="blas"):
         return _forward(leads)
@@ -184,11 +184,18 @@ def beat_waves(
     The leads vote with their probabilities: a sample belongs to a beat's QRS (P, T) where the
     leads' summed QRS (P, T) probability reaches its ``votes_needed`` — "this many leads see the
     wave here". So a wave begins where the first leads see it and ends where the last do, the
-    global convention, without one lead's stray mark deciding it.
+    global convention, without one lead's stray mark deciding it. With few leads (a rhythm
+    strip, an ambulatory recording) no more than half of them are asked to agree: 1.5 leads'
+    worth could never come from one lead.
     """
     votes = prob.sum(axis=0)  # [4, n]: expected number of leads in each class
     qrs, p, t = votes[QRS], votes[P_WAVE], votes[T_WAVE]
-    need_q, need_p, need_t = votes_needed.qrs, votes_needed.p, votes_needed.t
+    half = 0.5 * prob.shape[0]
+    need_q, need_p, need_t = (
+        min(votes_needed.qrs, half),
+        min(votes_needed.p, half),
+        min(votes_needed.t, half),
+    )
     n = qrs.size
     out = []
     peaks = r_peaks_s * FS
