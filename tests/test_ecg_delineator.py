@@ -48,6 +48,63 @@ def test_shipped_network_gives_probabilities_per_lead_and_sample() -> None:
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
 
 
+def _naive_forward(x: np.ndarray, w: dict[str, np.ndarray], levels: int) -> np.ndarray:
+    """The U-Net's forward pass written out level by level, one lead at a time."""
+    out = []
+    for lead in x:
+        h = lead[None, None, :].astype(np.float32)
+        skips = []
+        for i in range(levels):
+            if i:
+                n = h.shape[-1] // 2
+                h = np.maximum(h[..., 0 : 2 * n : 2], h[..., 1 : 2 * n : 2])
+            for j in range(2):
+                h = np.maximum(_naive_conv(h, w[f"d{i}c{j}w"], w[f"d{i}c{j}b"]), 0.0)
+            skips.append(h)
+        for i, skip in enumerate(reversed(skips[:-1])):
+            n = skip.shape[-1]
+            h = h[..., [int(k * h.shape[-1] / n) for k in range(n)]]
+            h = np.concatenate([h, skip], axis=0)
+            for j in range(2):
+                h = np.maximum(_naive_conv(h, w[f"u{i}c{j}w"], w[f"u{i}c{j}b"]), 0.0)
+        logits = _naive_conv(h, w["headw"], w["headb"])[:, 0, :]
+        e = np.exp(logits - logits.max(axis=0))
+        out.append(e / e.sum(axis=0))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("channels", [(3, 4), (2, 3, 4, 4, 5)])
+def test_network_depth_and_widths_come_from_the_weights(
+    channels: tuple[int, ...], tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(len(channels))
+    w: dict[str, np.ndarray] = {}
+    cin = 1
+    for i, c in enumerate(channels):
+        w[f"d{i}c0w"], w[f"d{i}c1w"] = (
+            rng.normal(0, 0.5, (c, cin, 9)),
+            rng.normal(0, 0.3, (c, c, 9)),
+        )
+        w[f"d{i}c0b"], w[f"d{i}c1b"] = rng.normal(0, 0.1, c), rng.normal(0, 0.1, c)
+        cin = c
+    for i, c in enumerate(reversed(channels[:-1])):
+        w[f"u{i}c0w"], w[f"u{i}c1w"] = (
+            rng.normal(0, 0.3, (c, cin + c, 9)),
+            rng.normal(0, 0.3, (c, c, 9)),
+        )
+        w[f"u{i}c0b"], w[f"u{i}c1b"] = rng.normal(0, 0.1, c), rng.normal(0, 0.1, c)
+        cin = c
+    w["headw"], w["headb"] = rng.normal(0, 0.5, (4, cin, 1)), rng.normal(0, 0.1, 4)
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    path = tmp_path / "net.npz"
+    np.savez(path, **w)
+    monkeypatch.setattr(delineator, "WEIGHTS", path)
+    x = rng.normal(0, 1, (3, 203))  # odd lengths at every level: pooling drops the last sample
+    np.testing.assert_allclose(
+        delineator.probabilities(x), _naive_forward(x, w, len(channels)), atol=1e-4
+    )
+
+
 def _votes(n: int, spans: dict[int, list[tuple[int, int, float]]], leads: int = 4) -> np.ndarray:
     """[leads, 4, n] probabilities whose vote (sum over the leads) is ``level`` over each span
     of each class, shared equally by the leads."""

@@ -31,6 +31,8 @@ from scipy import signal
 from threadpoolctl import ThreadpoolController
 
 FS = 250.0
+#: The shipped network's widths per level (the trainer's default; inference reads the depth
+#: and widths off the weights).
 CHANNELS = (8, 16, 32, 32)
 KERNEL = 9
 WEIGHTS = Path(__file__).with_name("delineator.npz")
@@ -60,9 +62,15 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-@lru_cache(maxsize=1)
 def _weights() -> dict[str, F32]:
-    with np.load(WEIGHTS) as data:
+    return _load(WEIGHTS)
+
+
+@lru_cache(maxsize=2)
+def _load(path: Path) -> dict[str, F32]:
+    """The arrays of a weights file; the network's depth and widths are read off their shapes
+    (``bench/delineator_cv.py`` swaps in the networks of its validation folds)."""
+    with np.load(path) as data:
         return {name: data[name] for name in data.files}
 
 
@@ -119,7 +127,8 @@ def _forward(leads: NDArray[np.float64]) -> F32:
     w = _weights()
     x = np.ascontiguousarray(leads, dtype=np.float32)[None, :, :]  # [channels, leads, n]
     skips = []
-    for i in range(len(CHANNELS)):
+    levels = sum(1 for name in w if name.startswith("d") and name.endswith("c0w"))
+    for i in range(levels):
         if i:
             n = x.shape[-1] // 2
             x = x[..., : 2 * n].reshape(x.shape[0], x.shape[1], n, 2).max(axis=-1)
