@@ -1,13 +1,14 @@
 """Train the per-lead wave delineator (P / QRS / T segmentation) on the odd LUDB records.
 
     /path/to/venv-with-torch/bin/python bench/train_delineator.py [--records odd] [--steps 4000]
+        [--channels 8,16,32,32] [--target lead|global]
         [--out src/remote_dx/ecg/analysis/delineator.npz]
 
-Training needs PyTorch (not a dependency of the hub: ``pip install torch`` into any venv that
+Training needs PyTorch (not a dependency of the hub: ``pip install torch==2.13.0`` into a venv that
 also has numpy, scipy and wfdb); the hub runs the trained network with numpy alone
 (:mod:`remote_dx.ecg.analysis.delineator`). Only LUDB's odd records are used, so the even
 records stay held out for ``bench/ecg_accuracy.py``'s verdict; ``--records`` picks another
-subset for validation runs within the odd half.
+subset for validation runs within the odd half (``bench/delineator_cv.py`` runs the three folds).
 
 The network is a small 1-D U-Net (Ronneberger et al. 2015; for ECG delineation on LUDB:
 Moskalenko et al., "Deep learning for ECG segmentation", 2019). Input: one lead, conditioned as
@@ -44,26 +45,43 @@ LEADS = ["i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v
 CLASSES = {"p": 1, "N": 2, "t": 3}
 
 
-def lead_examples(record: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(signal at 250 Hz in mV, class per sample, loss mask) for each of the record's leads."""
+def lead_examples(
+    record: int, target: str = "lead"
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(signal at 250 Hz in mV, class per sample, loss mask) for each of the record's leads.
+
+    ``target`` "lead": each lead is marked as its cardiologist marked that lead. "global": every
+    lead is marked with the union of the 12 leads' marks — a beat's QRS from the earliest onset
+    to the latest offset of any lead, likewise P and T (the issue's global reference) — where a
+    QRS overrides a P or T that overlaps it; only the span all 12 leads annotate counts.
+    """
     rec = wfdb.rdrecord(str(LUDB / str(record)))
     fs = float(rec.fs)
     x = condition(rec.p_signal.T.astype(np.float64), fs)
     x = to_network_rate(x, fs)
     n = x.shape[1]
-    out = []
-    for li, name in enumerate(LEADS):
+    ratio = FS / fs
+    per_lead = []
+    for name in LEADS:
         ann = wfdb.rdann(str(LUDB / str(record)), name)
         labels = np.zeros(n, dtype=np.int64)
         mask = np.zeros(n, dtype=np.float32)
         s, c = ann.sample, ann.symbol
-        ratio = FS / fs
         lo, hi = round(s.min() * ratio), round(s.max() * ratio)
         mask[lo : hi + 1] = 1.0
         for i in range(1, len(c) - 1):
             if c[i] in CLASSES and c[i - 1] == "(" and c[i + 1] == ")":
                 a, b = round(s[i - 1] * ratio), round(s[i + 1] * ratio)
                 labels[a : b + 1] = CLASSES[c[i]]
+        per_lead.append((labels, mask))
+    if target == "global":
+        union = np.zeros(n, dtype=np.int64)
+        for cls in (CLASSES["t"], CLASSES["p"], CLASSES["N"]):  # the later overrides
+            union[np.any([lab == cls for lab, _ in per_lead], axis=0)] = cls
+        common = np.min([m for _, m in per_lead], axis=0)
+        per_lead = [(union, common)] * len(LEADS)
+    out = []
+    for li, (name, (labels, mask)) in enumerate(zip(LEADS, per_lead, strict=True)):
         idx = rec.sig_name.index(name) if name in rec.sig_name else li
         out.append((x[idx].astype(np.float32), labels, mask))
     return out
@@ -87,9 +105,8 @@ class Block(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, ch: tuple[int, ...] = CHANNELS) -> None:
         super().__init__()
-        ch = CHANNELS
         self.down = nn.ModuleList()
         cin = 1  # one lead
         for c in ch:
@@ -140,7 +157,20 @@ def export(model: UNet, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--records", default="odd", help="'odd' or ranges such as 1-39,101-139 (odd ones only)"
+        "--records",
+        default="odd",
+        help="'odd', or records and ranges such as 1-39,101-139,141 (odd ones only)",
+    )
+    ap.add_argument(
+        "--channels",
+        default=",".join(map(str, CHANNELS)),
+        help="channels per U-Net level; the hub reads the depth off the weights",
+    )
+    ap.add_argument(
+        "--target",
+        choices=("lead", "global"),
+        default="lead",
+        help="mark each lead with its own marks, or with the union of the 12 leads' marks",
     )
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
@@ -154,18 +184,20 @@ def main() -> int:
     else:
         records = []
         for part in args.records.split(","):
-            a, b = map(int, part.split("-"))
-            records += [r for r in range(a, b + 1) if r % 2 == 1]
+            a, _, b = part.partition("-")
+            records += [r for r in range(int(a), int(b or a) + 1) if r % 2 == 1]
     if any(r % 2 == 0 for r in records):
         raise SystemExit("even LUDB records are held out for the verdict")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    examples = [(s[None, :], lab, m) for r in records for s, lab, m in lead_examples(r)]
+    examples = [
+        (s[None, :], lab, m) for r in records for s, lab, m in lead_examples(r, args.target)
+    ]
     print(f"{len(records)} records, {len(examples)} leads read in {time.perf_counter() - t0:.1f} s")
 
-    model = UNet()
+    model = UNet(tuple(int(c) for c in args.channels.split(",")))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.steps)
     weights = torch.tensor([1.0, 2.0, 2.0, 1.5])
@@ -181,17 +213,15 @@ def main() -> int:
             hi = max(lo, min(valid[-1] + args.crop // 4, length) - args.crop)
             start = int(rng.integers(lo, hi + 1))
             seg = sig[:, start : start + args.crop].copy()
-            leads = seg.shape[0]
-            # Gains, polarity, baseline drift and noise a township cart can give.
-            gain = rng.uniform(0.5, 2.0) * rng.uniform(0.85, 1.15, (leads, 1))
-            if rng.random() < 0.2:
-                gain = -gain
+            # Gain, polarity, baseline drift and noise a township cart can give.
+            gain = rng.uniform(0.5, 2.0) * rng.uniform(0.85, 1.15)
             seg *= gain
+            if rng.random() < 0.2:
+                seg[0] = -seg[0]
             t = np.arange(args.crop) / FS
-            drift = rng.uniform(0, 0.15, (leads, 1))
-            freq = rng.uniform(0.05, 0.5, (leads, 1))
-            seg += drift * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3, (leads, 1)))
-            seg += rng.normal(0, 1, seg.shape) * rng.uniform(0, 0.02, (leads, 1))
+            drift, freq = rng.uniform(0, 0.15), rng.uniform(0.05, 0.5)
+            seg[0] += drift * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3))
+            seg[0] += rng.normal(0, 1, args.crop) * rng.uniform(0, 0.02)
             xs.append(seg)
             ys.append(lab[start : start + args.crop])
             ms.append(mask[start : start + args.crop])
