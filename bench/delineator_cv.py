@@ -13,7 +13,8 @@ fold's records are read with it. Printed: the global intervals' error (issue 3 d
 the reported one (their weighted mean, ``analyze.RULE_WEIGHT``), over all 70 odd records, each
 read by the network that did not see it.
 
-A fold's weights are kept in ``--workdir`` and reused, so a second run only reads.
+A fold's weights are kept in ``--workdir`` and reused, so a second run only reads (one workdir
+per variant: kept weights are not checked against the options).
 """
 
 from __future__ import annotations
