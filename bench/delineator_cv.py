@@ -38,7 +38,7 @@ from remote_dx.ecg.analysis import delineator  # noqa: E402
 from remote_dx.ecg.analysis.analyze import analyze  # noqa: E402
 
 FOLDS = ((1, 39), (41, 99), (101, 139))
-KEYS = ("p", "pr", "qrs", "qt")
+KEYS = tuple(LABELS)  # p, pr, qrs, qt
 
 
 def fold_records(lo: int, hi: int) -> list[int]:

@@ -62,21 +62,29 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _weights() -> dict[str, F32]:
+@dataclass(frozen=True)
+class _Network:
+    weights: dict[str, F32]
+    levels: int  # of the U-Net: how many down-blocks ``d{i}`` the file holds
+
+
+def _network() -> _Network:
     return _load(WEIGHTS)
 
 
 @lru_cache(maxsize=2)
-def _load(path: Path) -> dict[str, F32]:
-    """The arrays of a weights file; the network's depth and widths are read off their shapes
+def _load(path: Path) -> _Network:
+    """The arrays of a weights file; the network's depth and widths are read off them
     (``bench/delineator_cv.py`` swaps in the networks of its validation folds)."""
     with np.load(path) as data:
-        return {name: data[name] for name in data.files}
+        weights = {name: data[name] for name in data.files}
+    levels = sum(1 for name in weights if name.startswith("d") and name.endswith("c0w"))
+    return _Network(weights, levels)
 
 
 def warm_up() -> None:
     """Load the weights and find the BLAS libraries ahead of the first ECG (~15 ms)."""
-    _weights()
+    _network()
     _blas()
 
 
@@ -124,11 +132,11 @@ def probabilities(leads: NDArray[np.float64]) -> F32:
 
 
 def _forward(leads: NDArray[np.float64]) -> F32:
-    w = _weights()
+    network = _network()
+    w = network.weights
     x = np.ascontiguousarray(leads, dtype=np.float32)[None, :, :]  # [channels, leads, n]
     skips = []
-    levels = sum(1 for name in w if name.startswith("d") and name.endswith("c0w"))
-    for i in range(levels):
+    for i in range(network.levels):
         if i:
             n = x.shape[-1] // 2
             x = x[..., : 2 * n].reshape(x.shape[0], x.shape[1], n, 2).max(axis=-1)
