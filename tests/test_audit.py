@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import select, text, update
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from remote_dx.api.app import create_app
@@ -140,6 +141,59 @@ def test_parallel_appends_keep_one_chain_on_postgresql(tmp_path, postgres_databa
     _hammer(sessions, threads=8, each=15)
     with sessions() as session:
         assert chain.verify_chain(session) == chain.ChainCheck(True, 120)
+
+
+def test_postgresql_appends_survive_connections_the_server_closed(
+    tmp_path, postgres_database: str
+) -> None:
+    """A PostgreSQL restart leaves the audit engine's pool holding closed connections: the next
+    append fails on one at its first statement and is written on a fresh connection, once."""
+    settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
+    upgrade(settings)
+    engine = create_engine(postgres_database, pool_size=2, max_overflow=0)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    try:
+        _hammer(sessions, threads=2, each=3)  # the pool now keeps the connection they used
+        with create_engine(postgres_database, poolclass=NullPool).connect() as admin:
+            closed = admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert closed >= 1
+        chain.append(sessions, _event(100))
+        chain.append(sessions, _event(101))
+        with sessions() as session:
+            assert chain.verify_chain(session) == chain.ChainCheck(True, 8)
+            last = session.scalar(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1))
+            assert last is not None and last.object_id == "1.2.3.101"
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_appends_are_the_records_the_session_path_writes(
+    tmp_path, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipelined psycopg append and the session append write the same columns, and each
+    links to the other's records: the verifier cannot tell which wrote what."""
+    settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
+    upgrade(settings)
+    sessions = get_sessionmaker(settings)
+    pipelined = chain.append(sessions, _event(1))
+    with monkeypatch.context() as patch:
+        patch.setattr(chain, "_append_batch", chain._append_batch_session)
+        through_session = chain.append(sessions, _event(2))
+    chain.append(sessions, _event(3))
+    with sessions() as session:
+        assert chain.verify_chain(session) == chain.ChainCheck(True, 3)
+        stored = {r.seq: r for r in session.scalars(select(AuditRecord))}
+    for written in (pipelined, through_session):
+        row = stored[written.seq]
+        assert chain._fields(row) == chain._fields(written)
+        assert (row.prev_hash, row.hash) == (written.prev_hash, written.hash)
+    assert stored[1].detail == {"note": "王小东", "n": 1}
+    assert stored[1].recorded_at.tzinfo is not None
 
 
 # -- requests are audited ------------------------------------------------------------------------
