@@ -15,16 +15,17 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from remote_dx.api.app import create_app
+from remote_dx.api.audit import audit_sessions
 from remote_dx.cli import app as cli
 from remote_dx.core import audit as chain
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_sessionmaker, session_scope
+from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
 from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     AuditRecord,
@@ -220,6 +221,11 @@ def _dx(patient_id: str) -> bytes:
 
 @pytest.fixture
 def routed_study(settings: Settings, db: sessionmaker[Session]) -> str:
+    return _routed_study(settings, db)
+
+
+def _routed_study(settings: Settings, db: sessionmaker[Session]) -> str:
+    """A study filed from XIPING_DR and on the county pool's worklist; its UID."""
     with db() as session:
         sender = Sender.of(session.scalar(select(Device).where(Device.ae_title == "XIPING_DR")))
     filed = file_instance(_dx("AUD001"), store=get_store(settings), sessions=db, sender=sender)
@@ -406,6 +412,56 @@ def any_backend(request, settings: Settings) -> Settings:
     with session_scope(chosen) as session:
         apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
     return chosen
+
+
+def test_the_study_view_reads_outside_a_transaction_on_postgresql(
+    settings: Settings, postgres_database: str
+) -> None:
+    """The study view's reads on PostgreSQL run in autocommit (no COMMIT round trip) and
+    without the join-order SET (a round trip of its own), and are still answered and audited."""
+    postgres = settings.model_copy(update={"database_url": postgres_database})
+    upgrade(postgres)
+    from remote_dx.core.network import apply_network, load_network_file
+    from tests.support import DEMO_NETWORK
+
+    with session_scope(postgres) as session:
+        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    sessions = get_sessionmaker(postgres)
+    study_uid = _routed_study(postgres, sessions)
+    client = TestClient(create_app(postgres))
+    headers = _bearer(client, "county_reader")
+    client.get("/api/v1/worklist", headers=headers)  # the worklist page keeps its transaction
+    seen: list[tuple[str, bool]] = []
+
+    def spy(connection, cursor, statement, parameters, context, executemany) -> None:
+        seen.append((statement, connection.connection.driver_connection.autocommit))
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        answer = client.get(f"/api/v1/studies/{study_uid}", headers=headers)
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["study_uid"] == study_uid
+    assert len(seen) >= 3  # the user, the study, its series
+    assert all(autocommit for _, autocommit in seen), seen
+    assert not any("set_config" in statement for statement, _ in seen)
+    views = _records(sessions, path=f"/api/v1/studies/{study_uid}")
+    assert [(r.action, r.patient) for r in views] == [("view", "AUD001^^^XIPING")]
+    with sessions() as session:
+        assert chain.verify_chain(session).ok
+
+
+def test_the_audit_engine_keeps_one_sessionmaker(settings: Settings) -> None:
+    """One sessionmaker per audit engine (each makes a Session class SQLAlchemy sets up on first
+    use), and a new one once the engines were disposed."""
+    url = settings.resolved_database_url
+    first = audit_sessions(url)
+    assert audit_sessions(url) is first
+    dispose_engines()
+    again = audit_sessions(url)
+    assert again is not first and again.kw["bind"] is not first.kw["bind"]
 
 
 def test_parallel_requests_keep_one_chain(any_backend: Settings) -> None:

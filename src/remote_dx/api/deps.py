@@ -173,7 +173,7 @@ async def run_hot(kind: str, function: Callable[..., T], *args: Any) -> T:
 
 
 @contextmanager
-def hot_read(request: Request) -> Iterator[Session]:
+def hot_read(request: Request, *, one_statement_each: bool = False) -> Iterator[Session]:
     """A session for a hot read (worklist page, study) that ends its transaction with COMMIT.
 
     psycopg drops every statement it has prepared on a connection when a transaction there is
@@ -181,8 +181,16 @@ def hot_read(request: Request) -> Iterator[Session]:
     statements were parsed and planned afresh. A read-only transaction's COMMIT writes
     nothing, and the prepared statements stay for the connection's next requests. An error
     still rolls back.
+
+    With ``one_statement_each``, on PostgreSQL, there is no transaction around the statements
+    at all (autocommit): nothing to commit, so no COMMIT round trip. Under READ COMMITTED each
+    statement of a transaction sees its own snapshot anyway, so a reader that needs no SET
+    LOCAL (:func:`remote_dx.worklist.service.plan_joins_as_written`) and writes nothing reads
+    the same rows either way.
     """
     with request.app.state.sessions() as session:
+        if one_statement_each and session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
         session.commit()
 

@@ -36,7 +36,7 @@ def _study_answer(request: Request, token: str, study_uid: str) -> Response:
     # study by its UID, its series by key) get a generic plan after psycopg's five runs anyway.
     # Without it: 584-612 studies/s against 490-540 at 50 clients, PostgreSQL 0.6 ms a study
     # instead of 0.7 (bench/load.py, session 10).
-    with hot_read(request) as session:
+    with hot_read(request, one_statement_each=True) as session:
         user = authenticate(request, session, token)
         detail = get_study(session, user, study_uid)
     if detail is None:
