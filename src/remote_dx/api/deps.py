@@ -174,7 +174,7 @@ async def run_hot(kind: str, function: Callable[..., T], *args: Any) -> T:
 
 @contextmanager
 def hot_read(request: Request, *, one_statement_each: bool = False) -> Iterator[Session]:
-    """A session for a hot read (worklist page, study) that ends its transaction with COMMIT.
+    """A session for a hot read (worklist page, study) that ends with COMMIT, not a rollback.
 
     psycopg drops every statement it has prepared on a connection when a transaction there is
     rolled back, and a session closed without a commit rolls back: so each request's
