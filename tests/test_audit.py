@@ -414,11 +414,13 @@ def any_backend(request, settings: Settings) -> Settings:
     return chosen
 
 
-def test_the_study_view_reads_outside_a_transaction_on_postgresql(
+def test_the_hot_reads_skip_their_round_trips_on_postgresql(
     settings: Settings, postgres_database: str
 ) -> None:
-    """The study view's reads on PostgreSQL run in autocommit (no COMMIT round trip) and
-    without the join-order SET (a round trip of its own), and are still answered and audited."""
+    """On PostgreSQL the study view and a kept worklist page read outside a transaction (no
+    COMMIT round trip), the study view without the join-order SET (a round trip of its own);
+    a worklist page read from the database keeps its transaction, where the SET LOCAL lasts.
+    All are still answered and audited."""
     postgres = settings.model_copy(update={"database_url": postgres_database})
     upgrade(postgres)
     from remote_dx.core.network import apply_network, load_network_file
@@ -430,25 +432,37 @@ def test_the_study_view_reads_outside_a_transaction_on_postgresql(
     study_uid = _routed_study(postgres, sessions)
     client = TestClient(create_app(postgres))
     headers = _bearer(client, "county_reader")
-    client.get("/api/v1/worklist", headers=headers)  # the worklist page keeps its transaction
     seen: list[tuple[str, bool]] = []
 
     def spy(connection, cursor, statement, parameters, context, executemany) -> None:
         seen.append((statement, connection.connection.driver_connection.autocommit))
 
+    def statements_of(path: str) -> list[tuple[str, bool]]:
+        seen.clear()
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return list(seen)
+
     engine = sessions.kw["bind"]
     event.listen(engine, "before_cursor_execute", spy)
     try:
-        answer = client.get(f"/api/v1/studies/{study_uid}", headers=headers)
+        first_page = statements_of("/api/v1/worklist")
+        kept_page = statements_of("/api/v1/worklist")
+        study = statements_of(f"/api/v1/studies/{study_uid}")
     finally:
         event.remove(engine, "before_cursor_execute", spy)
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["study_uid"] == study_uid
-    assert len(seen) >= 3  # the user, the study, its series
-    assert all(autocommit for _, autocommit in seen), seen
-    assert not any("set_config" in statement for statement, _ in seen)
+    # Read from the database: the user alone, then the SET and the page in a transaction.
+    assert first_page[0][1] is True
+    assert any("set_config" in statement for statement, _ in first_page)
+    assert all(not autocommit for _, autocommit in first_page[1:]), first_page
+    # Kept: the user and the pool's counter, one statement, no transaction.
+    assert len(kept_page) == 1 and kept_page[0][1] is True, kept_page
+    assert len(study) >= 3  # the user, the study, its series
+    assert all(autocommit for _, autocommit in study), study
+    assert not any("set_config" in statement for statement, _ in study)
     views = _records(sessions, path=f"/api/v1/studies/{study_uid}")
     assert [(r.action, r.patient) for r in views] == [("view", "AUD001^^^XIPING")]
+    assert len(_records(sessions, path="/api/v1/worklist")) == 1  # the repeat is covered
     with sessions() as session:
         assert chain.verify_chain(session).ok
 
