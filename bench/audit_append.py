@@ -97,7 +97,7 @@ def main() -> int:
     database = PostgresDatabase()
     database.create()
     try:
-        settings = Settings(data_dir=Path("var/bench-audit"), database_url=database.url)
+        settings = Settings(data_dir=ROOT / "var" / "bench-audit", database_url=database.url)
         upgrade(settings)
         sessions = audit_sessions(settings.resolved_database_url)  # the API's own audit engine
         chain.append(sessions, study_view(0))  # connect, prepare

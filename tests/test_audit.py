@@ -401,10 +401,15 @@ def test_cli_verify_and_export(settings: Settings, db: sessionmaker[Session], tm
 def any_backend(request, settings: Settings) -> Settings:
     """The test settings on SQLite, or on a fresh PostgreSQL database, migrated and seeded."""
     if request.param == "sqlite":
-        chosen = settings
-    else:
-        url = request.getfixturevalue("postgres_database")
-        chosen = settings.model_copy(update={"database_url": url})
+        return _seeded(settings)
+    return _seeded(settings, request.getfixturevalue("postgres_database"))
+
+
+def _seeded(settings: Settings, database_url: str | None = None) -> Settings:
+    """``settings`` (on ``database_url`` if given), migrated and seeded with the demo network."""
+    chosen = settings
+    if database_url is not None:
+        chosen = settings.model_copy(update={"database_url": database_url})
     upgrade(chosen)
     from remote_dx.core.network import apply_network, load_network_file
     from tests.support import DEMO_NETWORK
@@ -421,13 +426,7 @@ def test_the_hot_reads_skip_their_round_trips_on_postgresql(
     COMMIT round trip), the study view without the join-order SET (a round trip of its own);
     a worklist page read from the database keeps its transaction, where the SET LOCAL lasts.
     All are still answered and audited."""
-    postgres = settings.model_copy(update={"database_url": postgres_database})
-    upgrade(postgres)
-    from remote_dx.core.network import apply_network, load_network_file
-    from tests.support import DEMO_NETWORK
-
-    with session_scope(postgres) as session:
-        apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
+    postgres = _seeded(settings, postgres_database)
     sessions = get_sessionmaker(postgres)
     study_uid = _routed_study(postgres, sessions)
     client = TestClient(create_app(postgres))

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import Engine, Integer, Select, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -244,17 +245,22 @@ _BUMP_HEAD = (
 _SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(last_hash=bindparam("last_hash"))
 _INSERT_RECORDS = insert(AuditRecord.__table__)
 
-# The same three statements for psycopg's own cursor (see _append_batch_psycopg).
-_RECORD_COLUMNS = tuple(c.name for c in AuditRecord.__table__.columns if not c.primary_key)
-_PG_BUMP_HEAD = (
-    f"UPDATE {_HEAD.name} SET last_seq = last_seq + %s WHERE id = {HEAD_ID} "
-    "RETURNING last_seq, last_hash"
+
+def _for_psycopg(statement: Any, **compile_options: Any) -> tuple[str, dict[str, Any]]:
+    """One of the statements above as the SQL psycopg's own cursor runs, with the values it
+    fixes (the head's id): the same statement, so the two paths cannot drift apart."""
+    compiled = statement.compile(dialect=_PSYCOPG, **compile_options)
+    fixed = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
+    return str(compiled), fixed
+
+
+_PSYCOPG = psycopg_dialect.dialect()
+_PG_BUMP_HEAD = _for_psycopg(_BUMP_HEAD)
+_PG_SET_HEAD_HASH = _for_psycopg(_SET_HEAD_HASH)
+_PG_INSERT_RECORDS = _for_psycopg(  # no RETURNING of the new ids: nothing reads them
+    _INSERT_RECORDS.inline(),
+    column_keys=[c.name for c in AuditRecord.__table__.columns if not c.primary_key],
 )
-_PG_INSERT_RECORD = (
-    f"INSERT INTO {AuditRecord.__tablename__} ({', '.join(_RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_RECORD_COLUMNS))})"
-)
-_PG_SET_HEAD_HASH = f"UPDATE {_HEAD.name} SET last_hash = %s WHERE id = {HEAD_ID}"
 
 
 def _link(
@@ -362,7 +368,8 @@ def _append_batch_psycopg(
         bumped = False
         try:
             with connection.cursor() as cursor:
-                cursor.execute(_PG_BUMP_HEAD, (len(batch),), prepare=True)
+                sql, fixed = _PG_BUMP_HEAD
+                cursor.execute(sql, {**fixed, "count": len(batch)}, prepare=True)
                 head = cursor.fetchone()
                 bumped = True
                 if head is None:
@@ -370,17 +377,13 @@ def _append_batch_psycopg(
                     return None
                 rows = _chain_rows(batch, int(head[0]) - len(batch), str(head[1]))
                 with connection.pipeline():
+                    sql, fixed = _PG_INSERT_RECORDS
                     cursor.executemany(
-                        _PG_INSERT_RECORD,
-                        [
-                            tuple(
-                                Json(values[name]) if name == "detail" else values[name]
-                                for name in _RECORD_COLUMNS
-                            )
-                            for values in rows
-                        ],
+                        sql,
+                        [{**fixed, **values, "detail": Json(values["detail"])} for values in rows],
                     )
-                    cursor.execute(_PG_SET_HEAD_HASH, (rows[-1]["hash"],), prepare=True)
+                    sql, fixed = _PG_SET_HEAD_HASH
+                    cursor.execute(sql, {**fixed, "last_hash": rows[-1]["hash"]}, prepare=True)
                     connection.commit()
             return [AuditRecord(**values) for values in rows]
         except psycopg.OperationalError:
