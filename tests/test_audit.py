@@ -3,6 +3,7 @@ the generic request auditing with patient and object, the admin search / CSV API
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import itertools
@@ -10,6 +11,7 @@ import json
 import threading
 from datetime import timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -319,20 +321,78 @@ def test_downloads_are_told_from_views(
     assert _action("POST", "/api/v1/studies/{study_uid}/consultations", "", None) == "escalate"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/studies/{uid}", "/api/v1/worklist?limit=5"])
 def test_an_unwritable_audit_trail_withholds_the_data(
-    settings: Settings, db: sessionmaker[Session], routed_study: str, monkeypatch
+    settings: Settings, db: sessionmaker[Session], routed_study: str, monkeypatch, path: str
 ) -> None:
+    """The hot reads (their record awaited on the event loop) and the middleware's records
+    alike: a record that cannot be committed turns the answer into a 503."""
     client = TestClient(create_app(settings))
     reader = _bearer(client, "county_reader")
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(chain, "append", broken)
-    response = client.get(f"/api/v1/studies/{routed_study}", headers=reader)
+    monkeypatch.setattr(chain, "_append_batch", broken)
+    response = client.get(path.format(uid=routed_study), headers=reader)
     assert response.status_code == 503
     assert "audit" in response.json()["detail"]
     assert "AUD001" not in response.text
+    assert response.headers["retry-after"] == "5"
+    # A middleware-written record (a route that is not a hot read) fails the same way.
+    response = client.get("/api/v1/worklist/counts", headers=reader)
+    assert response.status_code == 503
+
+
+def test_a_hot_read_waits_for_its_record_without_holding_a_thread(
+    settings: Settings, db: sessionmaker[Session], routed_study: str, monkeypatch
+) -> None:
+    """While the chain's writer is held up, more study views than the hot reads' thread slots
+    all get as far as handing over their record: the wait for the commit is on the event loop.
+    Each answer still leaves only after its record is committed."""
+    from remote_dx.api.deps import HOT_READS_AT_ONCE
+
+    app = create_app(settings)
+    reader = _bearer(TestClient(app), "county_reader")
+    many = HOT_READS_AT_ONCE["study"] + 4
+    release = threading.Event()
+    handed_over: list[chain.AuditEvent] = []
+    committed: list[int] = []
+    submit, append_batch = chain.submit, chain._append_batch
+
+    def counted(sessions, event):
+        handed_over.append(event)
+        return submit(sessions, event)
+
+    def held(sessions, batch):
+        release.wait(30)
+        records = append_batch(sessions, batch)
+        committed.extend(r.seq for r in records)
+        return records
+
+    monkeypatch.setattr(chain, "submit", counted)
+    monkeypatch.setattr(chain, "_append_batch", held)
+
+    async def views() -> tuple[int, int, list[httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as http:
+            url = f"/api/v1/studies/{routed_study}"
+            asks = [asyncio.create_task(http.get(url, headers=reader)) for _ in range(many)]
+            try:
+                for _ in range(2000):
+                    if len(handed_over) == many:
+                        break
+                    await asyncio.sleep(0.01)
+                seen, answered = len(handed_over), sum(ask.done() for ask in asks)
+            finally:
+                release.set()
+            return seen, answered, await asyncio.gather(*asks)
+
+    seen, answered_before_commit, answers = asyncio.run(views())
+    assert seen == many
+    assert answered_before_commit == 0
+    assert [a.status_code for a in answers] == [200] * many
+    assert len(committed) == many
 
 
 def test_admin_search_and_csv_export(

@@ -28,16 +28,20 @@ event. Refusals, writes and every different search are always recorded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from sqlalchemy import bindparam, create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -169,24 +173,31 @@ class AuditMiddleware:
         covered, key = _coalesced(scope, status, content_type)
         if covered:
             return True  # decided on the event loop: a covered read costs no thread hop
-        return await anyio.to_thread.run_sync(_record, scope, status, content_type, key)
+        # The lookups (institution, patient) in a thread; the wait for the commit on the loop.
+        written = await anyio.to_thread.run_sync(_submit, scope, status, content_type, key)
+        return await asyncio.wrap_future(written)
 
 
-def write_for_answer(request: Any, status: int, content_type: str) -> bool:
-    """Write the audit record of the answer an endpoint is about to give, in the endpoint's own
-    worker thread; False if it cannot be written (the endpoint then answers
-    :func:`unavailable_response` instead of the data).
+def write_for_answer(request: Any, status: int, content_type: str) -> Future[bool]:
+    """Start writing the audit record of the answer an endpoint is about to give, from the
+    endpoint's own worker thread: a future of whether it was written (False, logged, if it
+    could not be; the endpoint then answers :func:`unavailable_response` instead of the data).
 
-    The hot reads (worklist page, study) do their whole work in one thread-pool call; writing
-    their record there spares the middleware's own hop to a thread for it. The record is the one
-    the middleware would write (same action, coalescing, fields), and the middleware skips it.
+    The hot reads (worklist page, study) do their whole work in one thread-pool call; starting
+    their record there spares the middleware's own hop to a thread for it, and the wait for the
+    chain's commit happens on the event loop (:meth:`AuditedAnswer.when_written`), not in a
+    thread the next request could use. The record is the one the middleware would write (same
+    action, coalescing, fields), and the middleware skips it.
     """
     scope = request.scope
     covered, key = _coalesced(scope, status, content_type)
-    if not covered and not _record(scope, status, content_type, key):
-        return False
+    if covered:
+        written: Future[bool] = Future()
+        written.set_result(True)
+    else:
+        written = _submit(scope, status, content_type, key)
     request.state.audit_written = (status, content_type)
-    return True
+    return written
 
 
 def _coalesced(scope: Scope, status: int, content_type: str) -> tuple[bool, tuple[Any, ...] | None]:
@@ -195,41 +206,67 @@ def _coalesced(scope: Scope, status: int, content_type: str) -> tuple[bool, tupl
     return key is not None and _recent_reads(scope).covered(key), key
 
 
-def _record(scope: Scope, status: int, content_type: str, key: tuple[Any, ...] | None) -> bool:
-    """Write the answer's record (blocking) and remember its coalescing ``key``; False (logged)
-    when it cannot be written."""
+def _submit(
+    scope: Scope, status: int, content_type: str, key: tuple[Any, ...] | None
+) -> Future[bool]:
+    """Start the answer's record: a future of True once it is committed (its coalescing ``key``
+    then remembered), False (logged) when it cannot be written."""
+    written: Future[bool] = Future()
+    what = (scope["method"], scope["path"])
+
+    def settle(record: Future[chain.AuditRecord]) -> None:
+        error = record.exception()
+        if error is not None:
+            log.error("audit record for %s %s could not be written", *what, exc_info=error)
+            written.set_result(False)
+            return
+        if key is not None:
+            _recent_reads(scope).remember(key)
+        written.set_result(True)
+
     try:
-        _write_record(scope, status, content_type, coalescing=key is not None)
+        record = _write_record(scope, status, content_type, coalescing=key is not None)
     except Exception:
-        log.exception("audit record for %s %s could not be written", scope["method"], scope["path"])
-        return False
-    if key is not None:
-        _recent_reads(scope).remember(key)
-    return True
+        log.exception("audit record for %s %s could not be written", *what)
+        written.set_result(False)
+    else:
+        record.add_done_callback(settle)
+    return written
 
 
 JSON = "application/json"
 
 
-def audited_json(request: Any, model: Any) -> Any:
+@dataclass(frozen=True)
+class AuditedAnswer:
+    """A hot read's answer and whether its audit record was written (:func:`write_for_answer`):
+    what the endpoint's thread hands back to the event loop."""
+
+    response: Response
+    written: Future[bool]
+
+    async def when_written(self) -> Response:
+        """The answer once its record is in the chain; the 503 if it could not be written."""
+        if not self.written.done():  # a covered read's is done already: no round via the loop
+            await asyncio.wrap_future(self.written)
+        if self.written.result():
+            return self.response
+        return unavailable_response()
+
+
+def audited_json(request: Any, model: Any) -> AuditedAnswer:
     """``model`` as a JSON answer (the bytes FastAPI's own serialisation of a response model
-    gives), its audit record written first; 503 instead if the record cannot be written."""
+    gives), its audit record started."""
     return audited_json_bytes(request, model.__pydantic_serializer__.to_json(model))
 
 
-def audited_json_bytes(request: Any, body: bytes) -> Any:
+def audited_json_bytes(request: Any, body: bytes) -> AuditedAnswer:
     """:func:`audited_json` of an answer already serialised (a kept worklist page)."""
-    from starlette.responses import Response
-
-    if not write_for_answer(request, 200, JSON):
-        return unavailable_response()
-    return Response(body, media_type=JSON)
+    return AuditedAnswer(Response(body, media_type=JSON), write_for_answer(request, 200, JSON))
 
 
-def unavailable_response() -> Any:
+def unavailable_response() -> Response:
     """The 503 answered instead of data whose audit record could not be written."""
-    from starlette.responses import JSONResponse
-
     return JSONResponse(
         {"detail": "the audit trail cannot be written right now; retry shortly"},
         status_code=503,
@@ -356,7 +393,9 @@ _STUDY_PATIENT = (
 )
 
 
-def _write_record(scope: Scope, status: int, content_type: str, *, coalescing: bool) -> None:
+def _write_record(
+    scope: Scope, status: int, content_type: str, *, coalescing: bool
+) -> Future[chain.AuditRecord]:
     app = scope["app"]
     sessions = audit_sessions(app.state.settings.resolved_database_url)
     state: dict[str, Any] = scope.get("state") or {}
@@ -406,7 +445,7 @@ def _write_record(scope: Scope, status: int, content_type: str, *, coalescing: b
                 if row is not None:
                     event.patient = patient_key(row[0], row[1])
     # Concurrent requests' records share one transaction (one head lock, one commit flush).
-    chain.append(sessions, event)
+    return chain.submit(sessions, event)
 
 
 def patient_key(patient_id: str, issuer: str | None) -> str:

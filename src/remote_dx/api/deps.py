@@ -146,12 +146,14 @@ CheckedToken = Annotated[str, Depends(checked_token)]
 # Hot reads run at most this many at a time per process, per kind: fewer than the request pool's
 # 10 connections, so they never open overflow connections (each a PostgreSQL backend forked for
 # one request and closed after it: more CPU than the request), and no more threads contend for
-# the GIL than the two cores can serve; the others wait their turn on the event loop. A study
-# view waits for its audit record's commit, so more of them at once share a commit (8); a
-# worklist page is mostly answered from a kept page, pure CPU, so more threads only take the GIL
-# from the event loop and each other (closed loop of 50 clients, four runs each: p99 86-106 ms
-# at 8, 59-83 ms at 2; the study view at 2 gave 362/s against 435-461 at 8).
-HOT_READS_AT_ONCE = {"study": 8, "worklist": 2}
+# the GIL than the two cores can serve; the others wait their turn on the event loop. Neither
+# waits in its thread for its audit record's commit (AuditedAnswer.when_written), so each
+# thread is CPU or a read's round trip. A study view has three round trips, so a few at once
+# keep the cores busy while some wait: 4 gave 719-721 studies/s, p99 112-117 ms, against
+# 642-718/s, p99 136-144 ms at 8 (closed loop of 50 clients, interleaved runs, session 11). A
+# worklist page is mostly answered from a kept page, pure CPU, so more threads only take the
+# GIL from the event loop and each other (four runs each: p99 86-106 ms at 8, 59-83 ms at 2).
+HOT_READS_AT_ONCE = {"study": 4, "worklist": 2}
 
 
 # Per event loop, as anyio keeps its own default thread limiter: a limiter wakes its waiters

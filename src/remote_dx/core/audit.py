@@ -20,8 +20,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -139,12 +141,19 @@ def append(sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
     The appends waiting at the same moment in this process share one transaction (see
     :class:`_GroupAppender`): the chain is the same as with one transaction each.
     """
-    key = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    return submit(sessions, event).result()
+
+
+def submit(sessions: sessionmaker[Session], event: AuditEvent) -> Future[AuditRecord]:
+    """:func:`append` without the wait: the record's future, done once it is committed (or
+    failed with the error). A request on an event loop awaits it without holding a thread."""
+    # Per process too: a forked child has the parent's dict but not its writer thread.
+    key = (os.getpid(), sessions.kw["bind"].url.render_as_string(hide_password=False))
     with _appenders_guard:
         appender = _appenders.get(key)
         if appender is None:
             appender = _appenders[key] = _GroupAppender()
-    return appender.append(sessions, event)
+    return appender.submit(sessions, event)
 
 
 def _row(event: AuditEvent, detail: dict[str, Any]) -> dict[str, Any]:
@@ -172,65 +181,64 @@ class _GroupAppender:
 
     Each audited request waits for its record to be committed (the answer is not sent
     before), and on PostgreSQL the head's row lock is held until the commit's WAL flush; so
-    under load writers queued one flush each behind the lock. Here the first writer leads: it
-    writes every record waiting at that moment, in arrival order, as consecutive links, and
-    commits once; the others wait for that commit and get their own record or the error.
+    under load writers queued one flush each behind the lock. Here one writer thread of the
+    process's own takes every record waiting at that moment, in arrival order, links them as
+    consecutive records and commits once; each submitter gets a future of its own record (or
+    the error).
+
+    A thread of its own rather than the first waiting request's: a request that led wrote
+    batch after batch for the others while its own answer waited (the tail of a saturated
+    closed loop), and a request that only waits need not hold a thread at all
+    (:func:`submit`'s future can be awaited on an event loop).
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: list[tuple[AuditEvent, dict[str, Any], _Waiter]] = []
-        self._leading = False
+    # An idle writer ends after this long; the next record starts another.
+    IDLE_SECONDS = 2.0
 
-    def append(self, sessions: sessionmaker[Session], event: AuditEvent) -> AuditRecord:
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._pending: list[tuple[AuditEvent, dict[str, Any], Future[AuditRecord]]] = []
+        self._sessions: sessionmaker[Session] | None = None
+        self._writer: threading.Thread | None = None
+
+    def submit(self, sessions: sessionmaker[Session], event: AuditEvent) -> Future[AuditRecord]:
         detail = json.loads(json.dumps(event.detail or {}, default=str, ensure_ascii=False))
-        waiter = _Waiter()
-        with self._lock:
-            self._pending.append((event, detail, waiter))
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if lead:
-            while True:
-                with self._lock:
-                    batch, self._pending = self._pending, []
-                    if not batch:
-                        self._leading = False
-                        break
-                try:
-                    records = _append_batch(sessions, [(e, d) for e, d, _ in batch])
-                except BaseException as exc:
-                    for _, _, other in batch:
-                        other.fail(exc)
-                else:
-                    for (_, _, other), record in zip(batch, records, strict=True):
-                        other.done(record)
-        return waiter.wait()
+        record: Future[AuditRecord] = Future()
+        with self._ready:
+            self._pending.append((event, detail, record))
+            self._sessions = sessions
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._write, name="audit-chain-writer", daemon=True
+                )
+                self._writer.start()
+            else:
+                self._ready.notify()
+        return record
+
+    def _write(self) -> None:
+        while True:
+            with self._ready:
+                if not self._pending and not self._ready.wait_for(
+                    lambda: self._pending, timeout=self.IDLE_SECONDS
+                ):
+                    if self._writer is threading.current_thread():
+                        self._writer = None
+                    return
+                batch, self._pending = self._pending, []
+                sessions = self._sessions
+            assert sessions is not None
+            try:
+                records = _append_batch(sessions, [(e, d) for e, d, _ in batch])
+            except BaseException as exc:
+                for _, _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, _, future), record in zip(batch, records, strict=True):
+                    future.set_result(record)
 
 
-class _Waiter:
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._record: AuditRecord | None = None
-        self._error: BaseException | None = None
-
-    def done(self, record: AuditRecord) -> None:
-        self._record = record
-        self._event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
-
-    def wait(self) -> AuditRecord:
-        self._event.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._record is not None
-        return self._record
-
-
-_appenders: dict[str, _GroupAppender] = {}
+_appenders: dict[tuple[int, str], _GroupAppender] = {}
 _appenders_guard = threading.Lock()
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
-from remote_dx.api.audit import audited_json, note, patient_key
+from remote_dx.api.audit import AuditedAnswer, audited_json, note, patient_key
 from remote_dx.api.deps import CheckedToken, authenticate, hot_read, run_hot
 from remote_dx.worklist.schemas import StudyDetail
 from remote_dx.worklist.service import get_study
@@ -28,10 +28,11 @@ StudyUID = Annotated[
 async def read_study(request: Request, study_uid: StudyUID, token: CheckedToken) -> Response:
     # A viewer opens studies one after another: the user, the study and the audit record in
     # one thread-pool call.
-    return await run_hot("study", _study_answer, request, token, study_uid)
+    answer = await run_hot("study", _study_answer, request, token, study_uid)
+    return await answer.when_written()
 
 
-def _study_answer(request: Request, token: str, study_uid: str) -> Response:
+def _study_answer(request: Request, token: str, study_uid: str) -> AuditedAnswer:
     # Not plan_joins_as_written: its SET was a round trip of its own, and these statements (a
     # study by its UID, its series by key), once psycopg has prepared them, settle on a generic
     # plan without it, as their best plan does not depend on the values.

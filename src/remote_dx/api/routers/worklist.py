@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from remote_dx.api.audit import audited_json_bytes
+from remote_dx.api.audit import AuditedAnswer, audited_json_bytes
 from remote_dx.api.deps import (
     READING_ROLES,
     AppSettings,
@@ -117,10 +117,11 @@ Filters = Annotated[WorklistQuery, Depends(worklist_query)]
 )
 async def get_worklist(request: Request, token: CheckedToken, query: Filters) -> Response:
     # The busiest read: the user, the page and the audit record in one thread-pool call.
-    return await run_hot("worklist", _worklist_answer, request, token, query)
+    answer = await run_hot("worklist", _worklist_answer, request, token, query)
+    return await answer.when_written()
 
 
-def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> Response:
+def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> AuditedAnswer:
     kept: KeptPages = request.app.state.worklist_pages
     # The user and the pool's counter outside a transaction: a kept page then costs one round
     # trip, not two (the read-only COMMIT).
