@@ -27,7 +27,12 @@ from remote_dx.api.audit import audit_sessions
 from remote_dx.cli import app as cli
 from remote_dx.core import audit as chain
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import dispose_engines, get_sessionmaker, session_scope
+from remote_dx.core.db import (
+    dispose_engines,
+    get_hot_read_sessionmaker,
+    get_sessionmaker,
+    session_scope,
+)
 from remote_dx.core.migrate import upgrade
 from remote_dx.core.models import (
     AuditRecord,
@@ -502,7 +507,10 @@ def test_the_hot_reads_skip_their_round_trips_on_postgresql(
         assert answer.status_code == 200, answer.text
         return list(seen)
 
-    engine = sessions.kw["bind"]
+    engine = get_hot_read_sessionmaker(postgres, connections=6).kw["bind"]
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda connection: pings.append(connection) or ping(connection)
     event.listen(engine, "before_cursor_execute", spy)
     try:
         first_page = statements_of("/api/v1/worklist")
@@ -510,6 +518,8 @@ def test_the_hot_reads_skip_their_round_trips_on_postgresql(
         study = statements_of(f"/api/v1/studies/{study_uid}")
     finally:
         event.remove(engine, "before_cursor_execute", spy)
+        engine.dialect.do_ping = ping
+    assert pings == []  # their pool lends connections without a SELECT 1 round trip each
     # Read from the database: the user alone, then the SET and the page in a transaction.
     assert first_page[0][1] is True
     assert any("set_config" in statement for statement, _ in first_page)
@@ -524,6 +534,31 @@ def test_the_hot_reads_skip_their_round_trips_on_postgresql(
     assert len(_records(sessions, path="/api/v1/worklist")) == 1  # the repeat is covered
     with sessions() as session:
         assert chain.verify_chain(session).ok
+
+
+def test_a_hot_read_reads_again_after_postgresql_closed_its_connection(
+    settings: Settings, postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hot reads' pool does not ping: after a PostgreSQL restart (here its backends
+    terminated) the first view finds a dead connection, and is read again on a fresh one."""
+    postgres = _seeded(settings, postgres_database)
+    study_uid = _routed_study(postgres, get_sessionmaker(postgres))
+    client = TestClient(create_app(postgres))
+    headers = _bearer(client, "county_reader")
+    assert client.get(f"/api/v1/studies/{study_uid}", headers=headers).status_code == 200
+    with create_engine(postgres_database, poolclass=NullPool).connect() as admin:
+        closed = admin.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert closed >= 1
+    with caplog.at_level("WARNING", logger="remote_dx.api.deps"):
+        answer = client.get(f"/api/v1/studies/{study_uid}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["study_uid"] == study_uid
+    assert "dead database connection" in caplog.text
 
 
 def test_the_audit_engine_keeps_one_sessionmaker(settings: Settings) -> None:

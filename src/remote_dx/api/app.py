@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from remote_dx.api.audit import AuditMiddleware
+from remote_dx.api.deps import HOT_READS_AT_ONCE
 from remote_dx.api.oidc import oidc_verifier
 from remote_dx.api.routers import (
     admin,
@@ -42,7 +43,7 @@ from remote_dx.api.routers import (
 )
 from remote_dx.api.security import load_jwt_secret
 from remote_dx.api.viewer_static import mount_viewer
-from remote_dx.core.db import get_sessionmaker
+from remote_dx.core.db import get_hot_read_sessionmaker, get_sessionmaker
 from remote_dx.core.errors import DatabaseUnavailable, ServiceError, StorageUnavailable
 from remote_dx.core.settings import Settings, get_settings
 from remote_dx.ops.http import RequestContextMiddleware
@@ -139,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = get_sessionmaker(settings)
+    app.state.hot_read_sessions = get_hot_read_sessionmaker(
+        settings, connections=sum(HOT_READS_AT_ONCE.values())
+    )
     app.state.worklist_pages = KeptPages()  # readers' pages, kept per pool (worklist.page_cache)
     app.state.store = get_store(settings)
     app.state.jwt_secret = load_jwt_secret(settings)

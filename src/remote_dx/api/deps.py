@@ -7,6 +7,7 @@ module globals, so two apps with different settings can live in one process (tes
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -16,12 +17,15 @@ from anyio.lowlevel import RunVar
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from remote_dx.api.security import AuthenticationError, decode_access_token, token_is_revoked
 from remote_dx.core.models import Institution, Role, User, WorklistVersion
 from remote_dx.core.settings import Settings
 from remote_dx.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 TOKEN_URL = "/api/v1/auth/token"
 T = TypeVar("T")
@@ -163,20 +167,32 @@ _hot_reads_limiters: RunVar[dict[str, anyio.CapacityLimiter]] = RunVar("hot_read
 
 
 async def run_hot(kind: str, function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` in a worker thread, at most ``HOT_READS_AT_ONCE[kind]`` at a time."""
+    """``function(*args)`` in a worker thread, at most ``HOT_READS_AT_ONCE[kind]`` at a time.
+
+    ``function`` reads through :func:`hot_read`, whose pool does not ping a connection before
+    lending it: when one turns out dead (PostgreSQL restarted), nothing was written on it and
+    the pool has dropped it and its peers, so the read runs once more on a fresh connection.
+    """
     try:
         limiters = _hot_reads_limiters.get()
     except LookupError:
         limiters = {name: anyio.CapacityLimiter(n) for name, n in HOT_READS_AT_ONCE.items()}
         _hot_reads_limiters.set(limiters)
-    return await anyio.to_thread.run_sync(
-        functools.partial(function, *args), limiter=limiters[kind]
-    )
+    call = functools.partial(function, *args)
+    try:
+        return await anyio.to_thread.run_sync(call, limiter=limiters[kind])
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("hot read %s found a dead database connection; reading again", kind)
+    return await anyio.to_thread.run_sync(call, limiter=limiters[kind])
 
 
 @contextmanager
 def hot_read(request: Request, *, one_statement_each: bool = False) -> Iterator[Session]:
-    """A session for a hot read (worklist page, study) that ends with COMMIT, not a rollback.
+    """A session for a hot read (worklist page, study) that ends with COMMIT, not a rollback,
+    from the hot reads' own pool (:func:`remote_dx.core.db.get_hot_read_sessionmaker`; call it
+    in :func:`run_hot`, which reads again after a dead connection).
 
     psycopg drops every statement it has prepared on a connection when a transaction there is
     rolled back, and a session closed without a commit rolls back: so each request's
@@ -190,7 +206,7 @@ def hot_read(request: Request, *, one_statement_each: bool = False) -> Iterator[
     LOCAL (:func:`remote_dx.worklist.service.plan_joins_as_written`) and writes nothing reads
     the same rows either way.
     """
-    with request.app.state.sessions() as session:
+    with request.app.state.hot_read_sessions() as session:
         if one_statement_each and session.get_bind().dialect.name == "postgresql":
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session

@@ -70,6 +70,27 @@ def get_sessionmaker(settings: Settings | None = None) -> sessionmaker[Session]:
     return _sessionmakers[url]
 
 
+def get_hot_read_sessionmaker(settings: Settings, connections: int) -> sessionmaker[Session]:
+    """Sessions for the API's hot reads (a worklist page, a study view) on a server database:
+    an engine of their own, ``connections`` at most, without the pool's pre-ping.
+
+    The pre-ping is a ``SELECT 1`` round trip on every checkout, a quarter of a study view's
+    round trips; a hot read is read-only, so its caller runs it once more instead when it finds
+    a pooled connection dead (:func:`remote_dx.api.deps.run_hot`). On SQLite (no server to
+    restart, no pre-ping) the usual sessions.
+    """
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return get_sessionmaker(settings)
+    key = f"{url}#hot-reads"
+    if key not in _sessionmakers:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_engine(url, pool_size=connections, max_overflow=0)
+        _sessionmakers[key] = sessionmaker(engine, expire_on_commit=False)
+    return _sessionmakers[key]
+
+
 @contextmanager
 def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
