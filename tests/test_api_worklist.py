@@ -7,7 +7,10 @@ would send them; routing is then simulated by adding the WorklistItem row the wo
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -20,9 +23,10 @@ from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.api.app import create_app
+from remote_dx.api.deps import HOT_READS_AT_ONCE
 from remote_dx.core import clock
 from remote_dx.core.clock import utcnow
-from remote_dx.core.db import get_engine, get_sessionmaker
+from remote_dx.core.db import get_engine, get_hot_read_sessionmaker, get_sessionmaker
 from remote_dx.core.models import (
     Device,
     Institution,
@@ -458,7 +462,7 @@ def test_hot_reads_keep_prepared_statements_and_plan_filtered_pages_per_value(
     client = TestClient(create_app(pg))
     headers = auth(client, "county_reader")
     settings_applied: list[str] = []
-    engine = get_engine(pg)
+    engine = get_hot_read_sessionmaker(pg, sum(HOT_READS_AT_ONCE.values())).kw["bind"]
 
     def note_plan_settings(conn, cursor, statement, *args) -> None:
         if "join_collapse_limit" in statement:
@@ -470,7 +474,7 @@ def test_hot_reads_keep_prepared_statements_and_plan_filtered_pages_per_value(
             assert client.get("/api/v1/worklist", headers=headers).status_code == 200
             chest = client.get(f"/api/v1/studies/{cases['xp-chest'].study_uid}", headers=headers)
             assert chest.status_code == 200
-        assert all("force_generic_plan" in s for s in settings_applied)
+        assert settings_applied and all("force_generic_plan" in s for s in settings_applied)
         settings_applied.clear()
         by_patient = client.get(
             "/api/v1/worklist",
@@ -633,3 +637,34 @@ def test_counts_and_filtered_lists_stay_at_three_queries(
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert (listed, counted) == (3, 2)  # user + rows + count; user + one grouped count
+
+
+def test_a_hot_read_runs_in_its_request_context() -> None:
+    """run_hot hands the request's context variables (request id, study, user of the log
+    lines) to the worker thread, and runs no more of a kind at once than its slots."""
+    from remote_dx.api.deps import run_hot
+    from remote_dx.ops.logging import request_id_var
+
+    running: list[int] = []
+    most = 0
+    lock = threading.Lock()
+
+    def read(n: int) -> tuple[int, str | None]:
+        nonlocal most
+        with lock:
+            running.append(n)
+            most = max(most, len(running))
+        time.sleep(0.01)
+        with lock:
+            running.remove(n)
+        return n, request_id_var.get()
+
+    async def requests() -> list[tuple[int, str | None]]:
+        async def one(n: int) -> tuple[int, str | None]:
+            request_id_var.set(f"req-{n}")
+            return await run_hot("study", read, n)
+
+        return await asyncio.gather(*(one(n) for n in range(12)))
+
+    assert asyncio.run(requests()) == [(n, f"req-{n}") for n in range(12)]
+    assert most == HOT_READS_AT_ONCE["study"]
