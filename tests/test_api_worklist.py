@@ -451,6 +451,50 @@ def test_scoping_order_and_detail_on_postgresql(settings: Settings, postgres_dat
 
 
 @pytest.mark.postgres
+def test_the_study_read_through_psycopgs_cursor_is_the_sessions(
+    settings: Settings, postgres_database: str
+) -> None:
+    """The study view's PostgreSQL path (psycopg's own cursor, SQLAlchemy's result processing
+    applied by hand) gives every user the user and the answers the session path gives: same
+    scoping, same values, times in UTC even when the server's time zone is not."""
+    from remote_dx.api.deps import _PG_USER_WITH_CODE, _USER_FIELDS
+    from remote_dx.core.models import User
+    from remote_dx.worklist.service import get_study, get_study_by_cursor
+
+    pg = demo_hub_on(settings, postgres_database)
+    sessions = get_sessionmaker(pg)
+    cases = populate(pg, sessions)
+    engine = get_hot_read_sessionmaker(pg, sum(HOT_READS_AT_ONCE.values())).kw["bind"]
+    raw = engine.raw_connection()
+    try:
+        connection = raw.driver_connection
+        connection.autocommit = True
+        connection.execute("SET TIME ZONE 'Asia/Shanghai'")
+        with sessions() as session, connection.cursor() as cursor:
+            compared = 0
+            for username, _visible in SCOPES:
+                user = session.scalar(select(User).where(User.username == username))
+                row = _PG_USER_WITH_CODE.first(cursor, {"user_id": user.id})
+                made = User(**{a: getattr(row, k) for k, a in _USER_FIELDS.items()})
+                for key in _USER_FIELDS.values():
+                    assert getattr(made, key) == getattr(user, key), (username, key)
+                for case in cases.values():
+                    by_session = get_study(session, user, case.study_uid)
+                    by_cursor = get_study_by_cursor(cursor, made, case.study_uid)
+                    assert (by_cursor is None) == (by_session is None), (username, case)
+                    if by_cursor is None:
+                        continue
+                    assert by_cursor.received_at.utcoffset() == timedelta(0)
+                    assert by_cursor == by_session
+                    assert by_cursor.model_dump_json() == by_session.model_dump_json()
+                    compared += 1
+    finally:
+        raw.invalidate()  # its time zone is not the pool's
+        raw.close()
+    assert compared >= 8
+
+
+@pytest.mark.postgres
 def test_hot_reads_keep_prepared_statements_and_plan_filtered_pages_per_value(
     settings: Settings, postgres_database: str
 ) -> None:

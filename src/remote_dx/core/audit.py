@@ -31,13 +31,13 @@ from typing import Any, TextIO
 import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import Engine, Integer, Select, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import write_lock
 from remote_dx.core.models import AuditChainHead, AuditRecord
+from remote_dx.core.psycopg_statements import compile_for_psycopg
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -254,18 +254,9 @@ _SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(last_hash=bin
 _INSERT_RECORDS = insert(AuditRecord.__table__)
 
 
-def _for_psycopg(statement: Any, **compile_options: Any) -> tuple[str, dict[str, Any]]:
-    """One of the statements above as the SQL psycopg's own cursor runs, with the values it
-    fixes (the head's id): the same statement, so the two paths cannot drift apart."""
-    compiled = statement.compile(dialect=_PSYCOPG, **compile_options)
-    fixed = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
-    return str(compiled), fixed
-
-
-_PSYCOPG = psycopg_dialect.dialect()
-_PG_BUMP_HEAD = _for_psycopg(_BUMP_HEAD)
-_PG_SET_HEAD_HASH = _for_psycopg(_SET_HEAD_HASH)
-_PG_INSERT_RECORDS = _for_psycopg(  # no RETURNING of the new ids: nothing reads them
+_PG_BUMP_HEAD = compile_for_psycopg(_BUMP_HEAD)
+_PG_SET_HEAD_HASH = compile_for_psycopg(_SET_HEAD_HASH)
+_PG_INSERT_RECORDS = compile_for_psycopg(  # no RETURNING of the new ids: nothing reads them
     _INSERT_RECORDS.inline(),
     column_keys=[c.name for c in AuditRecord.__table__.columns if not c.primary_key],
 )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -54,6 +55,7 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
+from remote_dx.core.psycopg_statements import PsycopgQuery
 from remote_dx.worklist.schemas import (
     ECGSummary,
     InstanceView,
@@ -534,6 +536,27 @@ def get_study(session: Session, user: User, study_uid: str) -> StudyDetail | Non
     # Series and instances in one statement of plain columns (no ORM objects, no second query
     # for the instances): a viewer opens studies one after another.
     rows = connection.execute(_SERIES_STATEMENT, {"study_pk": row.id}).all()
+    return _study_detail(row, rows)
+
+
+def get_study_by_cursor(
+    cursor: psycopg.Cursor[Any], user: User, study_uid: str
+) -> StudyDetail | None:
+    """:func:`get_study` on PostgreSQL through psycopg's own cursor
+    (:func:`remote_dx.api.deps.hot_cursor`): the same statements and rows, without
+    SQLAlchemy's per-statement handling."""
+    kind = _scope_kind(user)
+    query = _study_queries.get(kind)
+    if query is None:
+        query = _study_queries[kind] = PsycopgQuery(_study_statement(kind), "StudyRow")
+    row = query.first(cursor, {"study_uid": study_uid, "scope_id": user.institution_id})
+    if row is None:
+        return None
+    return _study_detail(row, _SERIES_QUERY.rows(cursor, {"study_pk": row.id}))
+
+
+def _study_detail(row: Any, rows: Sequence[Any]) -> StudyDetail:
+    """The answer from the study's row and its series-and-instances rows."""
     grouped: dict[int, tuple[Any, list[Any]]] = {}
     for line in rows:
         entry = grouped.setdefault(line.series_pk, (line, []))
@@ -708,3 +731,5 @@ _SERIES_STATEMENT = (
     .where(Series.study_pk == bindparam("study_pk"))
     .order_by(Series.series_number.is_(None), Series.series_number, Series.id)
 )
+_SERIES_QUERY = PsycopgQuery(_SERIES_STATEMENT, "SeriesRow")
+_study_queries: dict[str, PsycopgQuery] = {}

@@ -16,6 +16,8 @@ from remote_dx.api.deps import (
     CurrentUser,
     DbSession,
     authenticate,
+    authenticate_by_cursor,
+    hot_cursor,
     hot_read,
     require_roles,
     run_hot,
@@ -124,9 +126,13 @@ async def get_worklist(request: Request, token: CheckedToken, query: Filters) ->
 def _worklist_answer(request: Request, token: str, query: WorklistQuery) -> AuditedAnswer:
     kept: KeptPages = request.app.state.worklist_pages
     # The user and the pool's counter outside a transaction: a kept page then costs one round
-    # trip, not two (the read-only COMMIT).
-    with hot_read(request, one_statement_each=True) as session:
-        user = authenticate(request, session, token)  # reads the pool's counter too
+    # trip, not two (the read-only COMMIT); on PostgreSQL through psycopg's own cursor.
+    with hot_cursor(request, token) as cursor:
+        if cursor is not None:
+            user = authenticate_by_cursor(request, cursor, token)  # the pool's counter too
+    if cursor is None:
+        with hot_read(request, one_statement_each=True) as session:
+            user = authenticate(request, session, token)
     version = request.state.pool_version  # read before the page, with the user
     key = None if version is None else page_key(user, query)
     now = utcnow()
