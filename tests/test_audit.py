@@ -373,7 +373,7 @@ def test_a_hot_read_waits_for_its_record_without_holding_a_thread(
     def held(sessions, batch):
         release.wait(30)
         records = append_batch(sessions, batch)
-        committed.extend(r.seq for r in records)
+        committed.extend(r["seq"] for r in records)
         return records
 
     monkeypatch.setattr(chain, "submit", counted)

@@ -214,7 +214,7 @@ def _submit(
     written: Future[bool] = Future()
     what = (scope["method"], scope["path"])
 
-    def settle(record: Future[chain.AuditRecord]) -> None:
+    def settle(record: Future[dict[str, Any]]) -> None:
         error = record.exception()
         if error is not None:
             log.error("audit record for %s %s could not be written", *what, exc_info=error)
@@ -395,7 +395,7 @@ _STUDY_PATIENT = (
 
 def _write_record(
     scope: Scope, status: int, content_type: str, *, coalescing: bool
-) -> Future[chain.AuditRecord]:
+) -> Future[dict[str, Any]]:
     app = scope["app"]
     sessions = audit_sessions(app.state.settings.resolved_database_url)
     state: dict[str, Any] = scope.get("state") or {}
