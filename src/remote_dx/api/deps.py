@@ -175,14 +175,16 @@ CheckedToken = Annotated[str, Depends(checked_token)]
 # Hot reads run at most this many at a time per process, per kind: fewer than the request pool's
 # 10 connections, so they never open overflow connections (each a PostgreSQL backend forked for
 # one request and closed after it: more CPU than the request), and no more threads contend for
-# the GIL than the two cores can serve; the others wait their turn on the event loop. Neither
-# waits in its thread for its audit record's commit (AuditedAnswer.when_written), so each
-# thread is CPU or a read's round trip. A study view has three round trips, so a few at once
-# keep the cores busy while some wait: 4 gave 719-721 studies/s, p99 112-117 ms, against
-# 642-718/s, p99 136-144 ms at 8 (closed loop of 50 clients, interleaved runs, session 11). A
-# worklist page is mostly answered from a kept page, pure CPU, so more threads only take the
-# GIL from the event loop and each other (four runs each: p99 86-106 ms at 8, 59-83 ms at 2).
-HOT_READS_AT_ONCE = {"study": 4, "worklist": 2}
+# the GIL than the two cores can serve; the others wait their turn on the event loop, first come
+# first served. Neither waits in its thread for its audit record's commit
+# (AuditedAnswer.when_written), and on PostgreSQL a study view's thread is three statements on
+# psycopg's own cursor: two at a time keep a process's share of the cores busy. Closed loop of 50
+# clients, interleaved runs (session 11): p99 76-96 ms at 2 in four runs out of four, against
+# 90-116 ms at 4 and 111-132 ms at 3, with the same throughput within the runs' noise
+# (888-1,066 studies/s at 2). A worklist page is mostly answered from a kept page, pure CPU, so
+# more threads only take the GIL from the event loop and each other (four runs each: p99 86-106
+# ms at 8, 59-83 ms at 2).
+HOT_READS_AT_ONCE = {"study": 2, "worklist": 2}
 
 
 # A pool of threads per kind and process: any event loop may hand work to it (a test client runs
