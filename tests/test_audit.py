@@ -143,6 +143,18 @@ def test_parallel_appends_keep_one_chain_on_sqlite(db: sessionmaker[Session]) ->
         assert chain.verify_chain(session) == chain.ChainCheck(True, 120)
 
 
+def _close_every_other_connection(database_url: str) -> int:
+    """What a PostgreSQL restart does to the pools: every other backend of the database ended
+    (pg_terminate_backend); how many were."""
+    with create_engine(database_url, poolclass=NullPool).connect() as admin:
+        return admin.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+
+
 def test_parallel_appends_keep_one_chain_on_postgresql(tmp_path, postgres_database: str) -> None:
     settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
     upgrade(settings)
@@ -163,14 +175,7 @@ def test_postgresql_appends_survive_connections_the_server_closed(
     sessions = sessionmaker(engine, expire_on_commit=False)
     try:
         _hammer(sessions, threads=2, each=3)  # the pool now keeps the connection they used
-        with create_engine(postgres_database, poolclass=NullPool).connect() as admin:
-            closed = admin.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar_one()
-        assert closed >= 1
+        assert _close_every_other_connection(postgres_database) >= 1
         chain.append(sessions, _event(100))
         chain.append(sessions, _event(101))
         with sessions() as session:
@@ -555,14 +560,7 @@ def test_a_hot_read_reads_again_after_postgresql_closed_its_connection(
     client = TestClient(create_app(postgres))
     headers = _bearer(client, "county_reader")
     assert client.get(f"/api/v1/studies/{study_uid}", headers=headers).status_code == 200
-    with create_engine(postgres_database, poolclass=NullPool).connect() as admin:
-        closed = admin.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ).scalar_one()
-    assert closed >= 1
+    assert _close_every_other_connection(postgres_database) >= 1
     with caplog.at_level("WARNING", logger="remote_dx.api.deps"):
         answer = client.get(f"/api/v1/studies/{study_uid}", headers=headers)
     assert answer.status_code == 200, answer.text

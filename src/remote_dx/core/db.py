@@ -49,10 +49,12 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # A server's connections are shared by every process of the hub (API processes, workers,
-    # receivers): 10 + 10 per process lets ~4 API processes and the audit engines fit under
-    # PostgreSQL's default max_connections=100. More would not read faster: a request holds its
-    # connection for a few queries, and requests beyond the pool wait for one (pool_timeout 30 s)
-    # instead of adding server backends that compete for the same CPUs.
+    # receivers): 10 + 10 per process; an API process adds its audit engine's 2 + 2 and its hot
+    # reads' 4 (28 at most), so two API processes and two other processes stay under
+    # PostgreSQL's default max_connections=100 even when every pool overflows (raise it for
+    # more). More would not read faster: a request holds its connection for a few queries, and
+    # requests beyond the pool wait for one (pool_timeout 30 s) instead of adding server
+    # backends that compete for the same CPUs.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
