@@ -214,9 +214,10 @@ async def run_hot(kind: str, function: Callable[..., T], *args: Any) -> T:
     view's time holding the GIL (py-spy ``--gil``, session 11). The caller's context variables
     go along (the request id of the log lines), as with anyio.
 
-    ``function`` reads through :func:`hot_read`, whose pool does not ping a connection before
-    lending it: when one turns out dead (PostgreSQL restarted), nothing was written on it and
-    the pool has dropped it and its peers, so the read runs once more on a fresh connection.
+    ``function`` reads through :func:`hot_cursor` or :func:`hot_read`, whose pool does not ping
+    a connection before lending it: when one turns out dead (PostgreSQL restarted), nothing was
+    written on it and the pool has dropped it and its peers, so the read runs once more on a
+    fresh connection.
     """
     loop = asyncio.get_running_loop()
     threads = _threads_for(kind)

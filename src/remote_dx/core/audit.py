@@ -148,7 +148,7 @@ def submit(sessions: sessionmaker[Session], event: AuditEvent) -> Future[dict[st
     """:func:`append` without the wait: a future of the record's columns, done once it is
     committed (or failed with the error). A request on an event loop awaits it without holding
     a thread; the columns, not a mapped AuditRecord, as a request only needs to know it is in
-    (making the mapped objects was ~5 % of a study view's CPU)."""
+    (a mapped object is 18.7 µs of the writer's time a record, ~1.5 % of a study view's)."""
     # Per process too: a forked child has the parent's dict but not its writer thread.
     key = (os.getpid(), sessions.kw["bind"].url.render_as_string(hide_password=False))
     with _appenders_guard:
