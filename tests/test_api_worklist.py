@@ -455,11 +455,12 @@ def test_the_study_read_through_psycopgs_cursor_is_the_sessions(
     settings: Settings, postgres_database: str
 ) -> None:
     """The study view's PostgreSQL path (psycopg's own cursor, SQLAlchemy's result processing
-    applied by hand) gives every user the user and the answers the session path gives: same
-    scoping, same values, times in UTC even when the server's time zone is not."""
+    applied by hand; one after the other or pipelined) gives every user the user and the
+    answers the session path gives: same scoping, same values, times in UTC even when the
+    server's time zone is not."""
     from remote_dx.api.deps import _PG_USER_WITH_CODE, _USER_FIELDS
     from remote_dx.core.models import User
-    from remote_dx.worklist.service import get_study, get_study_by_cursor
+    from remote_dx.worklist.service import get_study, get_study_by_cursor, start_study_read
 
     pg = demo_hub_on(settings, postgres_database)
     sessions = get_sessionmaker(pg)
@@ -482,6 +483,11 @@ def test_the_study_read_through_psycopgs_cursor_is_the_sessions(
                     by_session = get_study(session, user, case.study_uid)
                     by_cursor = get_study_by_cursor(cursor, made, case.study_uid)
                     assert (by_cursor is None) == (by_session is None), (username, case)
+                    with connection.pipeline():  # as sent with the user's read
+                        started = start_study_read(
+                            connection, made.role, made.institution_id, case.study_uid
+                        )
+                    assert started.detail() == by_cursor
                     if by_cursor is None:
                         continue
                     assert by_cursor.received_at.utcoffset() == timedelta(0)
@@ -492,6 +498,52 @@ def test_the_study_read_through_psycopgs_cursor_is_the_sessions(
         raw.invalidate()  # its time zone is not the pool's
         raw.close()
     assert compared >= 8
+
+
+@pytest.mark.postgres
+def test_a_study_view_sent_with_the_users_read_obeys_the_fresh_user_row(
+    settings: Settings, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's next study view goes in one pipelined round trip with their user row, scoped
+    as they were at their last view; when an administrator has moved them to another pool in
+    between, the fresh row decides: the old pool's study is 404 and the new pool's is 200."""
+    from psycopg import pq
+
+    from remote_dx.core.models import User
+    from remote_dx.core.psycopg_statements import PsycopgQuery
+
+    pg = demo_hub_on(settings, postgres_database)
+    sessions = get_sessionmaker(pg)
+    cases = populate(pg, sessions)
+    client = TestClient(create_app(pg))
+    county_study = cases["xp-chest"].study_uid
+    province_study = next(c.study_uid for c in routed(cases) if c.pool == PROVINCE)
+    sent: list[tuple[str, bool]] = []
+    execute = PsycopgQuery._execute
+
+    def spied(query, cursor, values) -> None:
+        pipelined = cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        sent.append((query.sql.split("FROM ")[1].split()[0], pipelined))
+        execute(query, cursor, values)
+
+    monkeypatch.setattr(PsycopgQuery, "_execute", spied)
+    assert study(client, "county_reader", county_study).status_code == 200
+    assert study(client, "county_reader", province_study).status_code == 404
+    sent.clear()
+    assert study(client, "county_reader", county_study).status_code == 200
+    assert sent == [("users", True), ("studies", True), ("series", True)]
+
+    with sessions() as session:  # the administrator moves the reader to the province's pool
+        reader = session.scalar(select(User).where(User.username == "county_reader"))
+        reader.institution_id = session.scalar(
+            select(Institution.id).where(Institution.code == PROVINCE)
+        )
+        session.commit()
+    sent.clear()
+    assert study(client, "county_reader", county_study).status_code == 404
+    # Sent for the old pool, then read again for the new one.
+    assert [table for table, _ in sent] == ["users", "studies", "series", "studies"]
+    assert study(client, "county_reader", province_study).status_code == 200
 
 
 @pytest.mark.postgres

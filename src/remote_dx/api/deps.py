@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_URL = "/api/v1/auth/token"
 T = TypeVar("T")
+R = TypeVar("R")
 
 # auto_error=False: a missing header gets our own message instead of FastAPI's "Not authenticated".
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
@@ -325,11 +326,51 @@ def authenticate_by_cursor(request: Request, cursor: psycopg.Cursor[Any], token:
     """:func:`authenticate` through :func:`hot_cursor`'s cursor: the same statement and checks;
     the user is a transient User made of its row (nothing here loads more of it)."""
     claims = _claims_of(request, token)
-    row = _PG_USER_WITH_CODE.first(cursor, {"user_id": claims.user_id})
+    return _user_of_row(
+        request, claims, _PG_USER_WITH_CODE.first(cursor, {"user_id": claims.user_id})
+    )
+
+
+def _user_of_row(request: Request, claims: TokenClaims, row: Any | None) -> User:
     if row is None:
         raise unauthorized("invalid token: unknown user")
     user = User(**{attribute: getattr(row, key) for key, attribute in _USER_FIELDS.items()})
-    return _active(request, _admitted(request, claims, user, row.code, row.version))
+    user = _active(request, _admitted(request, claims, user, row.code, row.version))
+    _last_scopes[user.id] = (user.role, user.institution_id)
+    return user
+
+
+# The role and institution each user had at their last hot read in this process: what
+# authenticate_pipelined sends a dependent read for, in the same round trip as the user's row.
+_last_scopes: dict[int, tuple[str, int | None]] = {}
+
+
+def authenticate_pipelined(
+    request: Request,
+    cursor: psycopg.Cursor[Any],
+    token: str,
+    start_read: Callable[[psycopg.Connection[Any], str, int | None], R],
+) -> tuple[User, R | None]:
+    """:func:`authenticate_by_cursor` with a read that depends on the user's role and
+    institution (``start_read(connection, role, institution_id)``, which sends its statements)
+    in one pipelined round trip instead of one after the other.
+
+    The read is sent for the role and institution the user had at their last hot read in this
+    process, before the user's row is checked. It is returned only if the fresh row passed
+    every check and still has that role and institution; otherwise (the first read of a user
+    here, a changed role or institution) it is None and the caller reads again for the user it
+    got. Nothing of it is used before the user is known to be who may see it.
+    """
+    claims = _claims_of(request, token)
+    scope = _last_scopes.get(claims.user_id)
+    if scope is None:
+        return authenticate_by_cursor(request, cursor, token), None
+    connection = cursor.connection
+    with connection.pipeline():
+        user_row = _PG_USER_WITH_CODE.start(connection, {"user_id": claims.user_id})
+        started = start_read(connection, *scope)
+    user = _user_of_row(request, claims, user_row.first())
+    return user, started if (user.role, user.institution_id) == scope else None
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

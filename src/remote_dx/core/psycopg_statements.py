@@ -65,6 +65,13 @@ class PsycopgQuery:
         raw = cursor.fetchone()
         return None if raw is None else self._row(cursor, raw)
 
+    def start(self, connection: psycopg.Connection[Any], values: dict[str, Any]) -> Started:
+        """Send the query on a cursor of its own: inside ``connection.pipeline()`` it goes out
+        with the others and its rows are read after the pipeline's sync."""
+        cursor = connection.cursor()
+        self._execute(cursor, values)
+        return Started(self, cursor)
+
     def _execute(self, cursor: psycopg.Cursor[Any], values: dict[str, Any]) -> None:
         cursor.execute(self.sql, {**self.fixed, **values} if self.fixed else values, prepare=True)
 
@@ -78,3 +85,19 @@ class PsycopgQuery:
         for index, process in processors:
             values[index] = process(values[index])
         return self.row._make(values)
+
+
+class Started:
+    """A :class:`PsycopgQuery` sent with :meth:`PsycopgQuery.start`, its rows still to read."""
+
+    def __init__(self, query: PsycopgQuery, cursor: psycopg.Cursor[Any]) -> None:
+        self.query, self.cursor = query, cursor
+
+    def first(self) -> Any | None:
+        with self.cursor:
+            raw = self.cursor.fetchone()
+            return None if raw is None else self.query._row(self.cursor, raw)
+
+    def rows(self) -> list[Any]:
+        with self.cursor:
+            return [self.query._row(self.cursor, raw) for raw in self.cursor.fetchall()]

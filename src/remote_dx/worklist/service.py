@@ -55,7 +55,7 @@ from remote_dx.core.models import (
     WorklistItem,
     WorklistStatus,
 )
-from remote_dx.core.psycopg_statements import PsycopgQuery
+from remote_dx.core.psycopg_statements import PsycopgQuery, Started
 from remote_dx.worklist.schemas import (
     ECGSummary,
     InstanceView,
@@ -555,6 +555,35 @@ def get_study_by_cursor(
     return _study_detail(row, _SERIES_QUERY.rows(cursor, {"study_pk": row.id}))
 
 
+@dataclass(frozen=True)
+class StartedStudyRead:
+    """:func:`start_study_read`'s statements, sent, their rows still to read."""
+
+    study: Started
+    series: Started
+
+    def detail(self) -> StudyDetail | None:
+        row, rows = self.study.first(), self.series.rows()
+        return None if row is None else _study_detail(row, rows)
+
+
+def start_study_read(
+    connection: psycopg.Connection[Any], role: str, institution_id: int | None, study_uid: str
+) -> StartedStudyRead:
+    """Send :func:`get_study_by_cursor`'s reads for a user of this role and institution, the
+    series by the study's UID rather than its key, so that both can go in one pipeline with the
+    user's own read (:func:`remote_dx.api.deps.authenticate_pipelined`). The series of a study
+    the user may not see are read and dropped: :meth:`StartedStudyRead.detail` is None then."""
+    kind = _scope_kind_of(Role(role))
+    query = _study_queries.get(kind)
+    if query is None:
+        query = _study_queries[kind] = PsycopgQuery(_study_statement(kind), "StudyRow")
+    return StartedStudyRead(
+        query.start(connection, {"study_uid": study_uid, "scope_id": institution_id}),
+        _SERIES_BY_UID_QUERY.start(connection, {"study_uid": study_uid}),
+    )
+
+
 def _study_detail(row: Any, rows: Sequence[Any]) -> StudyDetail:
     """The answer from the study's row and its series-and-instances rows."""
     grouped: dict[int, tuple[Any, list[Any]]] = {}
@@ -638,7 +667,10 @@ def _study_detail(row: Any, rows: Sequence[Any]) -> StudyDetail:
 # bound parameters: building a 34-column statement and its cache key on every request cost more
 # CPU than the database spent answering it.
 def _scope_kind(user: User) -> str:
-    role = Role(user.role)
+    return _scope_kind_of(Role(user.role))
+
+
+def _scope_kind_of(role: Role) -> str:
     if role is Role.ADMIN:
         return "all"
     if role in READER_ROLES:
@@ -712,24 +744,36 @@ def _study_statement(kind: str) -> Any:
     )
 
 
-_SERIES_STATEMENT = (
-    select(
-        Series.id.label("series_pk"),
-        Series.series_uid,
-        Series.modality,
-        Series.series_number,
-        Series.description,
-        Series.body_part,
-        Instance.id.label("instance_pk"),
-        Instance.sop_instance_uid,
-        Instance.sop_class_uid,
-        Instance.transfer_syntax_uid,
-        Instance.instance_number,
-        Instance.size_bytes,
+def _series_statement(of_study: ColumnElement[bool]) -> Any:
+    """A study's series and their instances, in series order."""
+    return (
+        select(
+            Series.id.label("series_pk"),
+            Series.series_uid,
+            Series.modality,
+            Series.series_number,
+            Series.description,
+            Series.body_part,
+            Instance.id.label("instance_pk"),
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Instance.transfer_syntax_uid,
+            Instance.instance_number,
+            Instance.size_bytes,
+        )
+        .outerjoin(Instance, Instance.series_pk == Series.id)
+        .where(of_study)
+        .order_by(Series.series_number.is_(None), Series.series_number, Series.id)
     )
-    .outerjoin(Instance, Instance.series_pk == Series.id)
-    .where(Series.study_pk == bindparam("study_pk"))
-    .order_by(Series.series_number.is_(None), Series.series_number, Series.id)
-)
+
+
+_SERIES_STATEMENT = _series_statement(Series.study_pk == bindparam("study_pk"))
 _SERIES_QUERY = PsycopgQuery(_SERIES_STATEMENT, "SeriesRow")
+_SERIES_BY_UID_QUERY = PsycopgQuery(
+    _series_statement(
+        Series.study_pk
+        == select(Study.id).where(Study.study_uid == bindparam("study_uid")).scalar_subquery()
+    ),
+    "SeriesRow",
+)
 _study_queries: dict[str, PsycopgQuery] = {}

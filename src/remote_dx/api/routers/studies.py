@@ -10,13 +10,13 @@ from remote_dx.api.audit import AuditedAnswer, audited_json, note, patient_key
 from remote_dx.api.deps import (
     CheckedToken,
     authenticate,
-    authenticate_by_cursor,
+    authenticate_pipelined,
     hot_cursor,
     hot_read,
     run_hot,
 )
 from remote_dx.worklist.schemas import StudyDetail
-from remote_dx.worklist.service import get_study, get_study_by_cursor
+from remote_dx.worklist.service import get_study, get_study_by_cursor, start_study_read
 
 router = APIRouter(prefix="/api/v1", tags=["studies"])
 
@@ -47,9 +47,19 @@ def _study_answer(request: Request, token: str, study_uid: str) -> AuditedAnswer
     # instead of 0.7 (bench/load.py, session 10).
     with hot_cursor(request, token) as cursor:
         if cursor is not None:  # PostgreSQL: the same statements without SQLAlchemy's handling
-            detail = get_study_by_cursor(
-                cursor, authenticate_by_cursor(request, cursor, token), study_uid
+            # The user, the study and its series in one round trip, as the user was scoped last.
+            user, started = authenticate_pipelined(
+                request,
+                cursor,
+                token,
+                lambda connection, role, institution_id: start_study_read(
+                    connection, role, institution_id, study_uid
+                ),
             )
+            if started is not None:
+                detail = started.detail()
+            else:
+                detail = get_study_by_cursor(cursor, user, study_uid)
     if cursor is None:
         with hot_read(request, one_statement_each=True) as session:
             user = authenticate(request, session, token)
