@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from sqlalchemy import bindparam, create_engine, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
@@ -50,7 +50,6 @@ from remote_dx.core import db as core_db
 from remote_dx.core.models import Institution, Patient, Role, Study, User
 
 log = logging.getLogger(__name__)
-_engine_lock = threading.Lock()
 
 SKIP_PATHS = frozenset(
     {
@@ -356,32 +355,15 @@ async def _send_unavailable(send: Send) -> None:
 
 def audit_sessions(url: str) -> sessionmaker[Session]:
     """Sessions on an engine of the audit trail's own: its writes neither wait for nor count
-    against the requests' connection pool. Registered beside the core engines so that
-    :func:`remote_dx.core.db.dispose_engines` closes it too."""
-    key = f"{url}#audit"
-    with _engine_lock:
-        engine = core_db._engines.get(key)
-        if engine is None:
-            if url.startswith("sqlite"):
-                engine = core_db.make_engine(url)
-            else:
-                # Writes are short and serialised by the chain head anyway: a small pool keeps
-                # the audit engine from doubling each process's server connections, and more
-                # connections would only queue on the head's row lock while holding a backend.
-                # No pre-ping (a round trip per record): core.audit retries an append once on a
-                # connection found dead, e.g. after a PostgreSQL restart.
-                engine = create_engine(url, pool_size=2, max_overflow=2)
-            core_db._engines[key] = engine
-        made = _audit_sessionmakers.get(key)
-        if made is None or made.kw["bind"] is not engine:
-            # One per engine: a sessionmaker makes a Session subclass of its own, whose event
-            # dispatch SQLAlchemy builds on first use; one per request was ~6 % of a study
-            # view's CPU.
-            made = _audit_sessionmakers[key] = sessionmaker(engine, expire_on_commit=False)
-    return made
+    against the requests' connection pool.
 
-
-_audit_sessionmakers: dict[str, sessionmaker[Session]] = {}
+    Writes are short and serialised by the chain head anyway: a small pool keeps the audit
+    engine from doubling each process's server connections, and more connections would only
+    queue on the head's row lock while holding a backend. No pre-ping (a round trip per
+    record): core.audit retries an append once on a connection found dead, e.g. after a
+    PostgreSQL restart.
+    """
+    return core_db.own_sessionmaker(url, "audit", pool_size=2, max_overflow=2)
 
 
 # Built once (cache keys too): the lookups of every audited request.

@@ -72,9 +72,33 @@ def get_sessionmaker(settings: Settings | None = None) -> sessionmaker[Session]:
     return _sessionmakers[url]
 
 
+def own_sessionmaker(
+    url: str, purpose: str, *, pool_size: int, max_overflow: int
+) -> sessionmaker[Session]:
+    """Sessions on an engine of ``purpose``'s own, so that its connections neither wait for nor
+    count against the requests' pool; on a server database without the pool's pre-ping (a
+    round trip on every checkout: the caller handles a dead connection itself). One engine and
+    one sessionmaker per URL and purpose (a sessionmaker makes a Session subclass of its own,
+    whose event dispatch SQLAlchemy builds on first use); :func:`dispose_engines` closes it."""
+    key = f"{url}#{purpose}"
+    with _own_guard:
+        made = _sessionmakers.get(key)
+        if made is None:
+            if url.startswith("sqlite"):
+                engine = make_engine(url)
+            else:
+                engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+            _engines[key] = engine
+            made = _sessionmakers[key] = sessionmaker(engine, expire_on_commit=False)
+    return made
+
+
+_own_guard = threading.Lock()
+
+
 def get_hot_read_sessionmaker(settings: Settings, connections: int) -> sessionmaker[Session]:
     """Sessions for the API's hot reads (a worklist page, a study view) on a server database:
-    an engine of their own, ``connections`` at most, without the pool's pre-ping.
+    an engine of their own (:func:`own_sessionmaker`), ``connections`` at most.
 
     The pre-ping is a ``SELECT 1`` round trip on every checkout, a quarter of a study view's
     round trips; a hot read is read-only, so its caller runs it once more instead when it finds
@@ -84,13 +108,7 @@ def get_hot_read_sessionmaker(settings: Settings, connections: int) -> sessionma
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         return get_sessionmaker(settings)
-    key = f"{url}#hot-reads"
-    if key not in _sessionmakers:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = create_engine(url, pool_size=connections, max_overflow=0)
-        _sessionmakers[key] = sessionmaker(engine, expire_on_commit=False)
-    return _sessionmakers[key]
+    return own_sessionmaker(url, "hot-reads", pool_size=connections, max_overflow=0)
 
 
 @contextmanager

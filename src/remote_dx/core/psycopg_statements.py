@@ -57,13 +57,12 @@ class PsycopgQuery:
     def rows(self, cursor: psycopg.Cursor[Any], values: dict[str, Any]) -> list[Any]:
         """Every row of the query with ``values``, prepared on the connection at once."""
         self._execute(cursor, values)
-        return [self._row(cursor, raw) for raw in cursor.fetchall()]
+        return self._all(cursor)
 
     def first(self, cursor: psycopg.Cursor[Any], values: dict[str, Any]) -> Any | None:
         """The first row, or None."""
         self._execute(cursor, values)
-        raw = cursor.fetchone()
-        return None if raw is None else self._row(cursor, raw)
+        return self._first(cursor)
 
     def start(self, connection: psycopg.Connection[Any], values: dict[str, Any]) -> Started:
         """Send the query on a cursor of its own: inside ``connection.pipeline()`` it goes out
@@ -74,6 +73,13 @@ class PsycopgQuery:
 
     def _execute(self, cursor: psycopg.Cursor[Any], values: dict[str, Any]) -> None:
         cursor.execute(self.sql, {**self.fixed, **values} if self.fixed else values, prepare=True)
+
+    def _first(self, cursor: psycopg.Cursor[Any]) -> Any | None:
+        raw = cursor.fetchone()
+        return None if raw is None else self._row(cursor, raw)
+
+    def _all(self, cursor: psycopg.Cursor[Any]) -> list[Any]:
+        return [self._row(cursor, raw) for raw in cursor.fetchall()]
 
     def _row(self, cursor: psycopg.Cursor[Any], raw: tuple[Any, ...]) -> Any:
         processors = self._processors
@@ -95,9 +101,8 @@ class Started:
 
     def first(self) -> Any | None:
         with self.cursor:
-            raw = self.cursor.fetchone()
-            return None if raw is None else self.query._row(self.cursor, raw)
+            return self.query._first(self.cursor)
 
     def rows(self) -> list[Any]:
         with self.cursor:
-            return [self.query._row(self.cursor, raw) for raw in self.cursor.fetchall()]
+            return self.query._all(self.cursor)

@@ -545,10 +545,7 @@ def get_study_by_cursor(
     """:func:`get_study` on PostgreSQL through psycopg's own cursor
     (:func:`remote_dx.api.deps.hot_cursor`): the same statements and rows, without
     SQLAlchemy's per-statement handling."""
-    kind = _scope_kind(user)
-    query = _study_queries.get(kind)
-    if query is None:
-        query = _study_queries[kind] = PsycopgQuery(_study_statement(kind), "StudyRow")
+    query = _study_query(_scope_kind(user))
     row = query.first(cursor, {"study_uid": study_uid, "scope_id": user.institution_id})
     if row is None:
         return None
@@ -574,12 +571,10 @@ def start_study_read(
     series by the study's UID rather than its key, so that both can go in one pipeline with the
     user's own read (:func:`remote_dx.api.deps.authenticate_pipelined`). The series of a study
     the user may not see are read and dropped: :meth:`StartedStudyRead.detail` is None then."""
-    kind = _scope_kind_of(Role(role))
-    query = _study_queries.get(kind)
-    if query is None:
-        query = _study_queries[kind] = PsycopgQuery(_study_statement(kind), "StudyRow")
     return StartedStudyRead(
-        query.start(connection, {"study_uid": study_uid, "scope_id": institution_id}),
+        _study_query(_scope_kind_of(Role(role))).start(
+            connection, {"study_uid": study_uid, "scope_id": institution_id}
+        ),
         _SERIES_BY_UID_QUERY.start(connection, {"study_uid": study_uid}),
     )
 
@@ -777,3 +772,11 @@ _SERIES_BY_UID_QUERY = PsycopgQuery(
     "SeriesRow",
 )
 _study_queries: dict[str, PsycopgQuery] = {}
+
+
+def _study_query(kind: str) -> PsycopgQuery:
+    """:func:`_study_statement` of a scope kind, compiled for psycopg once."""
+    query = _study_queries.get(kind)
+    if query is None:
+        query = _study_queries[kind] = PsycopgQuery(_study_statement(kind), "StudyRow")
+    return query

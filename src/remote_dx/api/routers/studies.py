@@ -33,8 +33,8 @@ StudyUID = Annotated[
     response_model=StudyDetail,
 )
 async def read_study(request: Request, study_uid: StudyUID, token: CheckedToken) -> Response:
-    # A viewer opens studies one after another: the user, the study and the audit record in
-    # one thread-pool call.
+    # A viewer opens studies one after another: the user and the study in one thread-pool
+    # call, which starts the audit record; the answer waits for its commit on the event loop.
     answer = await run_hot("study", _study_answer, request, token, study_uid)
     return await answer.when_written()
 
@@ -56,10 +56,8 @@ def _study_answer(request: Request, token: str, study_uid: str) -> AuditedAnswer
                     connection, role, institution_id, study_uid
                 ),
             )
-            if started is not None:
-                detail = started.detail()
-            else:
-                detail = get_study_by_cursor(cursor, user, study_uid)
+            # None: the user's first view here, or their scope changed: read for who they are.
+            detail = started.detail() if started else get_study_by_cursor(cursor, user, study_uid)
     if cursor is None:
         with hot_read(request, one_statement_each=True) as session:
             user = authenticate(request, session, token)

@@ -118,7 +118,8 @@ Filters = Annotated[WorklistQuery, Depends(worklist_query)]
     response_model=WorklistPage,
 )
 async def get_worklist(request: Request, token: CheckedToken, query: Filters) -> Response:
-    # The busiest read: the user, the page and the audit record in one thread-pool call.
+    # The busiest read: the user and the page in one thread-pool call, which starts the audit
+    # record; the answer waits for its commit on the event loop.
     answer = await run_hot("worklist", _worklist_answer, request, token, query)
     return await answer.when_written()
 
