@@ -1,12 +1,13 @@
-"""Audit appends on PostgreSQL: the pipelined psycopg path against the session path.
+"""Audit appends on PostgreSQL: the database's one-call append against the session path.
 
     python bench/audit_append.py [--records 3000] [--threads 1,8] [--rounds 3]
 
 Every audited request appends a record to the hash chain, and every writer of every API
 process queues on the chain head's row lock from its bump to its commit. The peer is the
 same append through a SQLAlchemy session (:func:`remote_dx.core.audit._append_batch_session`:
-bump, insert, new head hash and commit, one round trip each); ours sends the last three in one
-psycopg pipeline (:func:`remote_dx.core.audit._append_batch_psycopg`).
+bump, insert, new head hash and commit, one round trip each); ours is one call of the
+database's ``audit_chain_append`` in autocommit, which links the records under the head's lock
+inside PostgreSQL (:func:`remote_dx.core.audit._append_batch_psycopg`).
 
 ``--threads`` writers of one process append ``--records`` records in all, as request threads
 do (concurrent ones share a batch). Both paths run in the same database, alternating for
@@ -39,7 +40,7 @@ from remote_dx.core.settings import Settings  # noqa: E402
 
 PATHS = {
     "session (peer)": chain._append_batch_session,
-    "psycopg pipeline": chain._append_batch,  # psycopg, else the session path
+    "one call in the database": chain._append_batch,  # psycopg, else the session path
 }
 
 
@@ -121,7 +122,7 @@ def main() -> int:
             }
             for name, (rate, cpu) in medians.items():
                 print(
-                    f"  {threads} writer thread(s), {name:16}: {rate:7.0f} records/s, "
+                    f"  {threads} writer thread(s), {name:24}: {rate:7.0f} records/s, "
                     f"{cpu:5.0f} µs CPU per record"
                 )
             (peer_rate, peer_cpu), (our_rate, our_cpu) = medians.values()

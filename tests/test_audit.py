@@ -189,12 +189,12 @@ def test_postgresql_appends_survive_connections_the_server_closed(
 def test_postgresql_appends_are_the_records_the_session_path_writes(
     tmp_path, postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pipelined psycopg append and the session append write the same columns, and each
+    """The database's one-call append and the session append write the same columns, and each
     links to the other's records: the verifier cannot tell which wrote what."""
     settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
     upgrade(settings)
     sessions = get_sessionmaker(settings)
-    pipelined = chain.append(sessions, _event(1))
+    in_the_database = chain.append(sessions, _event(1))
     with monkeypatch.context() as patch:
         patch.setattr(chain, "_append_batch", chain._append_batch_session)
         through_session = chain.append(sessions, _event(2))
@@ -202,12 +202,106 @@ def test_postgresql_appends_are_the_records_the_session_path_writes(
     with sessions() as session:
         assert chain.verify_chain(session) == chain.ChainCheck(True, 3)
         stored = {r.seq: r for r in session.scalars(select(AuditRecord))}
-    for written in (pipelined, through_session):
+    for written in (in_the_database, through_session):
         row = stored[written.seq]
         assert chain._fields(row) == chain._fields(written)
         assert (row.prev_hash, row.hash) == (written.prev_hash, written.hash)
     assert stored[1].detail == {"note": "王小东", "n": 1}
     assert stored[1].recorded_at.tzinfo is not None
+
+
+# What a client can put in a record's fields (a path, a query, a user name, a detail) that
+# spells the placeholders canonical_parts cuts out, or needs escaping, or is not ASCII.
+_AWKWARD = (
+    {"note": '"prev_hash":"\\u0000"', "seq": None, "prev_hash": "\x00"},
+    {"nested": {"seq": None, "prev_hash": "\x00", "z": ['"seq":null']}},
+    {"王": "小东 心电图 ST段抬高", "quote": '"', "backslash": "\\", "tab": "\t"},
+    {},
+)
+
+
+def _awkward_event(n: int) -> chain.AuditEvent:
+    event = _event(n)
+    event.username = ["李医生", 'a"seq":null', 'b"prev_hash":"\\u0000"', None][n % 4]
+    event.path = f'/api/v1/studies/1.2.3.{n}?q="seq":null'
+    event.detail = _AWKWARD[n % len(_AWKWARD)]
+    return event
+
+
+def test_canonical_is_the_sorted_compact_json_of_the_fields_and_prev_hash() -> None:
+    """canonical() is filled in from canonical_parts(); the bytes hashed are still the JSON the
+    chain was defined with, so records written before keep verifying."""
+    for n in range(24):
+        fields = {"seq": 10**n, "recorded_at": utcnow(), **chain._row(_awkward_event(n), {})}
+        fields["detail"] = _AWKWARD[n % len(_AWKWARD)]
+        prev_hash = f"{n:064x}"
+        defined = {name: fields[name] for name in chain.HASHED_FIELDS}
+        defined["recorded_at"] = chain._timestamp(fields["recorded_at"])
+        defined["prev_hash"] = prev_hash
+        assert (
+            chain.canonical(fields, prev_hash)
+            == json.dumps(
+                defined, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        )
+
+
+def test_postgresql_links_awkward_records_as_the_verifier_does(
+    tmp_path, postgres_database: str
+) -> None:
+    """audit_chain_append (migration 0010) hashes in the database what canonical() hashes here:
+    Chinese text, quotes, backslashes and fields that spell the placeholders included."""
+    settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
+    upgrade(settings)
+    sessions = get_sessionmaker(settings)
+    batch = [(e, json.loads(json.dumps(e.detail))) for e in map(_awkward_event, range(12))]
+    engine = sessions.kw["bind"]
+    written = chain._append_batch_psycopg(engine, batch[:5]) or []
+    written += chain._append_batch_psycopg(engine, batch[5:]) or []
+    assert [w["seq"] for w in written] == list(range(1, 13))
+    prev_hash = chain.GENESIS_HASH
+    for values in written:
+        assert values["prev_hash"] == prev_hash
+        assert values["hash"] == chain.record_hash(values, prev_hash)
+        prev_hash = values["hash"]
+    with sessions() as session:
+        assert chain.verify_chain(session) == chain.ChainCheck(True, 12)
+        stored = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
+    assert [r.detail for r in stored] == [_AWKWARD[n % len(_AWKWARD)] for n in range(12)]
+    assert stored[0].username == "李医生"
+
+
+def test_the_writer_gathers_a_moment_only_after_a_batch_with_company(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lone record is written at once; after a batch of several (others reading at the same
+    time) the writer waits GATHER_SECONDS so that the next batch is bigger."""
+    slept: list[float] = []
+    batches: list[int] = []
+    first_taken, release = threading.Event(), threading.Event()
+
+    def append_batch(_sessions, batch):
+        batches.append(len(batch))
+        first_taken.set()
+        release.wait(10)
+        return [{"seq": len(batches)} for _ in batch]
+
+    monkeypatch.setattr(chain, "_append_batch", append_batch)
+    monkeypatch.setattr(chain.time, "sleep", slept.append)
+    writer, sessions = chain._GroupAppender(), sessionmaker()  # sessions unused by the fake
+    alone = writer.submit(sessions, _event(1))
+    assert first_taken.wait(10)
+    together = [writer.submit(sessions, _event(n)) for n in (2, 3)]
+    assert slept == []
+    release.set()
+    alone.result(10)
+    for future in together:
+        future.result(10)
+    assert batches == [1, 2]
+    deadline = utcnow() + timedelta(seconds=10)
+    while not slept and utcnow() < deadline:
+        threading.Event().wait(0.01)
+    assert slept == [chain._GroupAppender.GATHER_SECONDS]
 
 
 # -- requests are audited ------------------------------------------------------------------------
