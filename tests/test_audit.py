@@ -12,7 +12,9 @@ import threading
 from datetime import timedelta
 
 import httpx
+import psycopg
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -20,10 +22,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
+from starlette.requests import Request
 from typer.testing import CliRunner
 
 from remote_dx.api.app import create_app
 from remote_dx.api.audit import audit_sessions
+from remote_dx.api.deps import hot_cursor
 from remote_dx.cli import app as cli
 from remote_dx.core import audit as chain
 from remote_dx.core.clock import utcnow
@@ -269,6 +273,53 @@ def test_postgresql_links_awkward_records_as_the_verifier_does(
         stored = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
     assert [r.detail for r in stored] == [_AWKWARD[n % len(_AWKWARD)] for n in range(12)]
     assert stored[0].username == "李医生"
+
+
+def test_a_failed_append_gives_its_connection_back_in_a_transaction(
+    tmp_path, postgres_database: str
+) -> None:
+    """The one-call append runs in autocommit; a connection it used goes back to the pool as
+    it was lent even when the call failed, so the session path's bump stays in its
+    transaction (its lock held to the commit)."""
+    settings = Settings(data_dir=tmp_path / "var", database_url=postgres_database)
+    upgrade(settings)
+    engine = create_engine(postgres_database, pool_size=1, max_overflow=0)
+    try:
+        too_long = _event(1)
+        too_long.status_code = 2**40  # beyond the integer column: the call fails
+        with pytest.raises(psycopg.Error):
+            chain._append_batch_psycopg(engine, [(too_long, {})])
+        pooled = engine.raw_connection()
+        try:
+            assert pooled.driver_connection.autocommit is False
+        finally:
+            pooled.close()
+        assert chain._append_batch_psycopg(engine, [(_event(2), {"n": 2})]) is not None
+        with sessionmaker(engine)() as session:
+            assert chain.verify_chain(session) == chain.ChainCheck(True, 1)
+    finally:
+        engine.dispose()
+
+
+def test_a_refused_hot_read_gives_its_connection_back_in_a_transaction(
+    settings: Settings, postgres_database: str
+) -> None:
+    """A hot read refused inside hot_cursor (401: a disabled user) gives its connection back
+    out of autocommit: the worklist page read next on it keeps its transaction, where its SET
+    LOCAL lasts."""
+    app = create_app(_seeded(settings, postgres_database))
+    engine = app.state.hot_read_sessions.kw["bind"]
+    request = Request({"type": "http", "app": app, "headers": [], "state": {}})
+    with pytest.raises(HTTPException), hot_cursor(request, "a-token") as cursor:
+        assert cursor is not None and cursor.connection.autocommit
+        used = cursor.connection
+        raise HTTPException(401)
+    pooled = engine.raw_connection()  # the pool's one connection so far: the same
+    try:
+        assert pooled.driver_connection is used
+        assert used.autocommit is False
+    finally:
+        pooled.close()
 
 
 def test_the_writer_gathers_a_moment_only_after_a_batch_with_company(

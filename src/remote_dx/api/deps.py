@@ -31,7 +31,7 @@ from remote_dx.api.security import (
     token_is_revoked,
 )
 from remote_dx.core.models import Institution, Role, User, WorklistVersion
-from remote_dx.core.psycopg_statements import PsycopgQuery
+from remote_dx.core.psycopg_statements import PsycopgQuery, autocommitting
 from remote_dx.core.settings import Settings
 from remote_dx.storage.base import ObjectStore
 
@@ -307,10 +307,8 @@ def hot_cursor(request: Request, token: str) -> Iterator[psycopg.Cursor[Any] | N
     pooled = engine.raw_connection()
     connection: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
+        with autocommitting(connection), connection.cursor() as cursor:
             yield cursor
-        connection.autocommit = False  # as the pool lends it to others (no round trip: idle)
     except psycopg.OperationalError as exc:
         if not (connection.broken or connection.closed):
             raise

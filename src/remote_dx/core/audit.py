@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import write_lock
 from remote_dx.core.models import AuditChainHead, AuditRecord
+from remote_dx.core.psycopg_statements import autocommitting
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -422,11 +423,10 @@ def _append_batch_psycopg(
         pooled = engine.raw_connection()
         connection: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
         try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
+            # Given back as lent: the session path's bump must stay in its transaction.
+            with autocommitting(connection), connection.cursor() as cursor:
                 cursor.execute(_PG_APPEND, (records,), prepare=True)
                 linked = cursor.fetchall()
-            connection.autocommit = False  # as the pool lends it to others (no round trip)
         except psycopg.OperationalError:
             if connection.broken or connection.closed:
                 pooled.invalidate()  # not back into the pool

@@ -7,13 +7,14 @@ bound values the statement fixes itself (a constant id). A query's rows go throu
 processing SQLAlchemy gives its columns' types on that dialect (``UTCDateTime`` in UTC, enums as
 enum members): they are the rows ``Connection.execute`` returns, as named tuples.
 
-Used by the audit chain's appends and the API's hot reads on PostgreSQL.
+Used by the API's hot reads on PostgreSQL; :func:`autocommitting` also by the audit chain's appends.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -106,3 +107,18 @@ class Started:
     def rows(self) -> list[Any]:
         with self.cursor:
             return self.query._all(self.cursor)
+
+
+@contextmanager
+def autocommitting(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """``connection`` in autocommit, then back as its pool lent it (no round trip: it is idle),
+    whatever happened in between: a hot read refused with 401, say. Left in autocommit, the
+    next session on the connection would run without a transaction: a ``SET LOCAL`` there
+    (:func:`remote_dx.worklist.service.plan_joins_as_written`) would do nothing, and the audit
+    chain's head lock (:func:`remote_dx.core.audit._link`) would not be held to the commit."""
+    connection.autocommit = True
+    try:
+        yield
+    finally:
+        if not (connection.broken or connection.closed):
+            connection.autocommit = False
