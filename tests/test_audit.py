@@ -275,6 +275,23 @@ def test_postgresql_links_awkward_records_as_the_verifier_does(
     assert stored[0].username == "李医生"
 
 
+def test_a_nul_in_a_request_path_is_audited_without_failing_the_batch(
+    any_backend: Settings,
+) -> None:
+    """A path can carry U+0000 (``%00``), which PostgreSQL text cannot hold: the record keeps
+    U+FFFD in its place rather than failing, with the other records of its batch (whose answers
+    would then be withheld)."""
+    client = TestClient(create_app(any_backend))
+    headers = _bearer(client, "county_reader")
+    assert client.get("/api/v1/studies/1.2%00.3", headers=headers).status_code == 422
+    sessions = get_sessionmaker(any_backend)
+    refused = [r for r in _records(sessions, outcome=chain.MINOR_FAILURE) if r.status_code == 422]
+    assert [r.path for r in refused] == ["/api/v1/studies/1.2\ufffd.3"]
+    assert refused[0].object_id == "1.2\ufffd.3"
+    with sessions() as session:
+        assert chain.verify_chain(session).ok
+
+
 def test_a_failed_append_gives_its_connection_back_in_a_transaction(
     tmp_path, postgres_database: str
 ) -> None:

@@ -417,7 +417,12 @@ def _write_record(
     if institution_id is not None and known is not None and known[0] == institution_id:
         # current_user read the code with the user row: no second lookup.
         event.institution, institution_id = known[1], None
-    patient_unknown = event.patient is None and event.object_type == "study" and event.object_id
+    patient_unknown = (
+        event.patient is None
+        and event.object_type == "study"
+        and event.object_id
+        and "\x00" not in event.object_id  # no study has it (PostgreSQL could not even compare)
+    )
     if institution_id is not None or patient_unknown:
         with sessions() as session:  # only when needed: even an unused session costs its close
             if institution_id is not None:

@@ -104,7 +104,9 @@ def _timestamp(value: datetime) -> str:
 
 
 def _clip(value: str | None, length: int) -> str | None:
-    return None if value is None else value[:length]
+    """``value`` cut to its column's length, U+0000 (a ``%00`` in a path, say) as U+FFFD:
+    PostgreSQL text cannot hold it, and one such record would fail its whole batch."""
+    return None if value is None else value.replace("\x00", "\ufffd")[:length]
 
 
 def canonical(fields: Mapping[str, Any], prev_hash: str) -> bytes:
@@ -185,17 +187,17 @@ def submit(sessions: sessionmaker[Session], event: AuditEvent) -> Future[dict[st
 def _row(event: AuditEvent, detail: dict[str, Any]) -> dict[str, Any]:
     """The record's columns from ``event``, clipped to their lengths."""
     return {
-        "action": event.action[:32],
+        "action": _clip(event.action, 32),
         "outcome": event.outcome,
         "user_id": event.user_id,
         "username": _clip(event.username, 200),
-        "role": event.role,
+        "role": _clip(event.role, 32),
         "institution": _clip(event.institution, 64),
         "patient": _clip(event.patient, 140),
         "object_type": _clip(event.object_type, 32),
         "object_id": _clip(event.object_id, 200),
         "client_address": _clip(event.client_address, 64),
-        "method": event.method,
+        "method": _clip(event.method, 8),
         "path": _clip(event.path, 500),
         "status_code": event.status_code,
         "detail": detail,
