@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+import psycopg
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from remote_dx.api.audit import AuditMiddleware
 from remote_dx.api.deps import HOT_READS_AT_ONCE
@@ -123,6 +124,20 @@ async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
     )
 
 
+# psycopg refuses a text parameter holding U+0000 before sending it (PostgreSQL text cannot hold
+# the character): only a client's value brings one (a %00 in a query), so the client's error.
+_NUL_REFUSED = "cannot contain NUL (0x00)"
+
+
+async def _data_refused(request: Request, exc: Exception) -> JSONResponse:
+    if _NUL_REFUSED in str(getattr(exc, "orig", exc)):
+        return JSONResponse(
+            {"detail": "a parameter holds the NUL character (U+0000), which no value here may"},
+            status_code=422,
+        )
+    return await _internal_error(request, exc)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # A bug of ours, not the client's: logged with its traceback, answered in the usual shape.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -152,6 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in (StorageUnavailable, DatabaseUnavailable, OperationalError):
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
+    for error in (DataError, psycopg.DataError):  # through SQLAlchemy, or psycopg's own cursor
+        app.add_exception_handler(error, _data_refused)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(AuditMiddleware)  # every request with a route: an audit record
     app.add_middleware(RequestContextMiddleware)  # outermost: request id, metrics, access log
