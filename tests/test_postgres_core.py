@@ -192,3 +192,27 @@ def test_concurrent_filing_postgres_and_s3(
     settings = s3_settings.model_copy(update={"database_url": postgres_database})
     study_uid, payloads, results = _file_concurrently(settings)
     _assert_exact(settings, study_uid, payloads, results)
+
+
+def test_a_nul_inside_a_text_value_is_filed_on_both_backends(backend: Settings) -> None:
+    """A modality that pads with NUL where DICOM asks for spaces can leave one inside a value.
+    PostgreSQL text cannot hold U+0000: filing answered "database unavailable" there (a
+    retryable failure, so the modality retried forever) while SQLite took the instance. Now
+    both index it with U+FFFD in its place."""
+    sessions = _seed(backend)
+    ds = pydicom.dcmread(io.BytesIO(_instance(generate_uid(), generate_uid(), 1, 1)))
+    ds.PatientID = "XP\x00-7"
+    ds.StudyDescription = "CHEST\x00PA"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    filed = file_instance(
+        buffer.getvalue(),
+        store=make_store(backend),
+        sessions=sessions,
+        sender=_sender(sessions, "XIPING_DR"),
+    )
+    with sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == filed.study_uid))
+        assert study is not None and study.description == "CHEST\ufffdPA"
+        patient = session.get(Patient, study.patient_pk)
+        assert patient is not None and patient.patient_id == "XP\ufffd-7"

@@ -126,6 +126,7 @@ def read_header(data: bytes) -> InstanceHeader:
         header = _plain_header(walked, transfer_syntax)
         if header is None:
             header = InstanceHeader.of_dataset(_converted_dataset(walked, transfer_syntax))
+        header = _without_nul(header)
         check_required_uids(header.values)
     except InvalidInstance:
         raise
@@ -233,6 +234,27 @@ def _converted_dataset(walked: Walked, transfer_syntax: str) -> Dataset:
     for element in ds:
         _ = element.value
     return ds
+
+
+def _without_nul(header: InstanceHeader) -> InstanceHeader:
+    """``header`` with U+0000 inside a text value as U+FFFD (padding is stripped already).
+
+    A modality that pads a field with NUL where DICOM asks for spaces can leave one inside a
+    value; PostgreSQL text cannot hold it, and the index refused the instance that SQLite
+    took. A UID with one stays invalid and is refused by :func:`check_required_uids`.
+    """
+    texts = (*header.values.values(), *header.texts.values())
+    if not any(isinstance(value, str) and "\x00" in value for value in texts):
+        return header
+    return InstanceHeader(
+        {k: _replace_nul(v) for k, v in header.values.items()},
+        {k: _replace_nul(v) for k, v in header.texts.items()},
+        header.transfer_syntax,
+    )
+
+
+def _replace_nul(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 def check_required_uids(values: Mapping[str, Any] | Dataset) -> None:
