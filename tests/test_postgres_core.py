@@ -216,3 +216,36 @@ def test_a_nul_inside_a_text_value_is_filed_on_both_backends(backend: Settings) 
         assert study is not None and study.description == "CHEST\ufffdPA"
         patient = session.get(Patient, study.patient_pk)
         assert patient is not None and patient.patient_id == "XP\ufffd-7"
+
+
+def test_values_longer_than_their_vr_allows_are_filed_on_both_backends(
+    backend: Settings,
+) -> None:
+    """A modality may send more than a VR allows. SQLite kept such values whole; PostgreSQL
+    refused the row ("value too long"), and filing answered "database unavailable", which the
+    modality would retry forever. Both now index the value cut to its column; the stored
+    object keeps it whole."""
+    sessions = _seed(backend)
+    ds = pydicom.dcmread(io.BytesIO(_instance(generate_uid(), generate_uid(), 1, 1)))
+    ds.PatientID = "P" * 300
+    ds.PatientName = "N" * 400
+    ds.StudyDescription = "D" * 500
+    ds.AccessionNumber = "A" * 100
+    ds.StudyID = "S" * 100
+    ds.SeriesDescription = "E" * 500
+    ds.BodyPartExamined = "B" * 100
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    store = make_store(backend)
+    filed = file_instance(
+        buffer.getvalue(), store=store, sessions=sessions, sender=_sender(sessions, "XIPING_DR")
+    )
+    lengths = {c.key: c.type.length for c in Study.__table__.columns if hasattr(c.type, "length")}
+    with sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == filed.study_uid))
+        assert study is not None
+        assert study.description == "D" * lengths["description"]
+        assert study.dicom_study_id == "S" * lengths["dicom_study_id"]
+        patient = session.get(Patient, study.patient_pk)
+        assert patient is not None and patient.patient_id.startswith("P" * 16)
+    assert pydicom.dcmread(io.BytesIO(store.get(filed.object_key))).PatientID == "P" * 300

@@ -26,7 +26,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, String, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -567,47 +567,59 @@ class _InstanceRow:
             study_uid,
             series_uid,
             sop_uid,
-            patient={
-                "issuer": str(get("IssuerOfPatientID") or "") or sender.institution_code,
-                "patient_id": str(get("PatientID") or ""),
-                "name": texts["PatientName"],
-                "birth_date": str(get("PatientBirthDate") or "") or None,
-                "sex": str(get("PatientSex") or "") or None,
-            },
-            study={
-                "study_uid": study_uid,
-                "origin_id": sender.institution_id,
-                "device_id": sender.device_id,
-                "accession_number": str(get("AccessionNumber") or "") or None,
-                "study_date": str(get("StudyDate") or "") or None,
-                "study_time": str(get("StudyTime") or "") or None,
-                "description": texts["StudyDescription"],
-                # QIDO-RS return keys (migration 0005_dicomweb).
-                "referring_physician": _clip(texts["ReferringPhysicianName"], 200),
-                "dicom_study_id": _clip(str(get("StudyID") or "") or None, 16),
-                "revision": 0,
-                "num_instances": 0,
-            },
-            series={
-                "series_uid": series_uid,
-                "modality": str(get("Modality") or "") or None,
-                "series_number": _int(get("SeriesNumber")),
-                "description": texts["SeriesDescription"],
-                "body_part": str(get("BodyPartExamined") or "") or None,
-            },
-            instance={
-                "sop_instance_uid": sop_uid,
-                "sop_class_uid": str(values["SOPClassUID"]),
-                "transfer_syntax_uid": header.transfer_syntax,
-                "instance_number": _int(get("InstanceNumber")),
-                "object_key": key,
-                "size_bytes": size,
-                "sha256": sha256,
-                "calling_ae": sender.ae_title,
-                "rows": _int(get("Rows")),
-                "columns": _int(get("Columns")),
-                "number_of_frames": _int(get("NumberOfFrames")),
-            },
+            patient=_fitted(
+                _patients,
+                {
+                    "issuer": str(get("IssuerOfPatientID") or "") or sender.institution_code,
+                    "patient_id": str(get("PatientID") or ""),
+                    "name": texts["PatientName"],
+                    "birth_date": str(get("PatientBirthDate") or "") or None,
+                    "sex": str(get("PatientSex") or "") or None,
+                },
+            ),
+            study=_fitted(
+                _studies,
+                {
+                    "study_uid": study_uid,
+                    "origin_id": sender.institution_id,
+                    "device_id": sender.device_id,
+                    "accession_number": str(get("AccessionNumber") or "") or None,
+                    "study_date": str(get("StudyDate") or "") or None,
+                    "study_time": str(get("StudyTime") or "") or None,
+                    "description": texts["StudyDescription"],
+                    # QIDO-RS return keys (migration 0005_dicomweb).
+                    "referring_physician": texts["ReferringPhysicianName"],
+                    "dicom_study_id": str(get("StudyID") or "") or None,
+                    "revision": 0,
+                    "num_instances": 0,
+                },
+            ),
+            series=_fitted(
+                _series,
+                {
+                    "series_uid": series_uid,
+                    "modality": str(get("Modality") or "") or None,
+                    "series_number": _int(get("SeriesNumber")),
+                    "description": texts["SeriesDescription"],
+                    "body_part": str(get("BodyPartExamined") or "") or None,
+                },
+            ),
+            instance=_fitted(
+                _instances,
+                {
+                    "sop_instance_uid": sop_uid,
+                    "sop_class_uid": str(values["SOPClassUID"]),
+                    "transfer_syntax_uid": header.transfer_syntax,
+                    "instance_number": _int(get("InstanceNumber")),
+                    "object_key": key,
+                    "size_bytes": size,
+                    "sha256": sha256,
+                    "calling_ae": sender.ae_title,
+                    "rows": _int(get("Rows")),
+                    "columns": _int(get("Columns")),
+                    "number_of_frames": _int(get("NumberOfFrames")),
+                },
+            ),
         )
 
 
@@ -805,5 +817,26 @@ def _int(value: object) -> int | None:
         return None
 
 
-def _clip(value: str | None, length: int) -> str | None:
-    return value[:length] if value else None
+_LENGTHS: dict[str, dict[str, int]] = {}
+
+
+def _fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with each text cut to its column's length.
+
+    A modality may send more than its VR allows (a 100-character LO): SQLite keeps it whole,
+    PostgreSQL refused the row, and filing answered "database unavailable", a retryable failure
+    the modality would repeat forever. The stored object keeps every value whole; only its
+    index entry is cut. UIDs are never cut: an invalid one is refused before (PS3.5 §9).
+    """
+    lengths = _LENGTHS.get(table.name)
+    if lengths is None:
+        lengths = _LENGTHS[table.name] = {
+            column.key: column.type.length
+            for column in table.columns
+            if isinstance(column.type, String) and column.type.length
+        }
+    for name, value in row.items():
+        length = lengths.get(name)
+        if length is not None and isinstance(value, str) and len(value) > length:
+            row[name] = value[:length]
+    return row
