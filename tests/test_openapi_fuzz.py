@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -84,12 +85,11 @@ def test_no_server_errors(case, token: str) -> None:
     )
 
 
-def test_a_nul_character_in_any_query_is_refused_on_postgresql(
-    tmp_path: Path, postgres_database: str
-) -> None:
-    """The fuzzing above runs on SQLite, whose text holds U+0000; PostgreSQL's cannot, and a %00
-    in a worklist, audit, recognition or statistics filter reached the database and answered
-    500. Every GET operation's query parameters, one at a time, as an administrator: 4xx."""
+@pytest.fixture
+def on_postgresql(tmp_path: Path, postgres_database: str) -> tuple[TestClient, dict[str, str]]:
+    """A client of the app on a fresh, seeded PostgreSQL database, and an administrator's
+    authorization header. The fuzzing above runs on SQLite, which takes values PostgreSQL's
+    columns cannot hold."""
     settings = Settings(
         data_dir=tmp_path / "var", database_url=postgres_database, jwt_secret=HUB.jwt_secret
     )
@@ -98,11 +98,25 @@ def test_a_nul_character_in_any_query_is_refused_on_postgresql(
         apply_network(session, load_network_file(DEMO_NETWORK), with_passwords=True)
     client = TestClient(create_app(settings), raise_server_exceptions=False)
     login = client.post("/api/v1/auth/token", data={"username": "admin", "password": "demo"})
-    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    answers: dict[tuple[str, str], int] = {}
+    return client, {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def _get_operations(client: TestClient) -> Iterator[tuple[str, dict[str, Any]]]:
     for path, operations in client.get("/openapi.json").json()["paths"].items():
-        get = operations.get("get")
-        if get is None or "{" in path or path.endswith("/events"):
+        if "get" in operations and not path.endswith("/events"):
+            yield path, operations["get"]
+
+
+def test_a_nul_character_in_any_query_is_refused_on_postgresql(
+    on_postgresql: tuple[TestClient, dict[str, str]],
+) -> None:
+    """SQLite's text holds U+0000; PostgreSQL's cannot, and a %00 in a worklist, audit,
+    recognition or statistics filter reached the database and answered 500. Every GET
+    operation's query parameters, one at a time: 4xx."""
+    client, headers = on_postgresql
+    answers: dict[tuple[str, str], int] = {}
+    for path, get in _get_operations(client):
+        if "{" in path:
             continue
         for parameter in get.get("parameters", []):
             if parameter["in"] == "query":
@@ -111,3 +125,23 @@ def test_a_nul_character_in_any_query_is_refused_on_postgresql(
                 answers[(path, name)] = answer.status_code
     assert answers[("/api/v1/audit", "user")] == 422  # one that reached the database before
     assert {key: code for key, code in answers.items() if code >= 500} == {}
+
+
+def test_an_id_beyond_the_database_integer_is_refused_on_postgresql(
+    on_postgresql: tuple[TestClient, dict[str, str]],
+) -> None:
+    """SQLite compares any integer; PostgreSQL cannot cast 2**31 to its integer, and an alert,
+    report or user id that large answered 500 (found by this fuzzing run on PostgreSQL).
+    Every GET operation with integer path parameters, all set to 2**31: 4xx."""
+    client, headers = on_postgresql
+    answers: dict[str, int] = {}
+    for path, get in _get_operations(client):
+        parameters = [p for p in get.get("parameters", []) if p["in"] == "path"]
+        if not parameters or any(p.get("schema", {}).get("type") != "integer" for p in parameters):
+            continue
+        url = path
+        for parameter in parameters:
+            url = url.replace("{" + parameter["name"] + "}", str(2**31))
+        answers[url] = client.get(url, headers=headers).status_code
+    assert answers["/api/v1/alerts/2147483648"] == 422
+    assert {url: code for url, code in answers.items() if code >= 500} == {}

@@ -127,15 +127,22 @@ async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
 # psycopg refuses a text parameter holding U+0000 before sending it (PostgreSQL text cannot hold
 # the character): only a client's value brings one (a %00 in a query), so the client's error.
 _NUL_REFUSED = "cannot contain NUL (0x00)"
+# SQLSTATE numeric_value_out_of_range: a number of the request beyond its column's type (an id
+# of 2**31 in a path). SQLite compares any integer, so only PostgreSQL answered 500.
+_OUT_OF_RANGE = "22003"
 
 
 async def _data_refused(request: Request, exc: Exception) -> JSONResponse:
-    if _NUL_REFUSED in str(getattr(exc, "orig", exc)):
-        return JSONResponse(
-            {"detail": "a parameter holds the NUL character (U+0000), which no value here may"},
-            status_code=422,
-        )
-    return await _internal_error(request, exc)
+    """Values SQLite takes and PostgreSQL cannot: the client's error, not a 500."""
+    cause = getattr(exc, "orig", exc)
+    if _NUL_REFUSED in str(cause):
+        detail = "a parameter holds the NUL character (U+0000), which no value here may"
+    elif getattr(cause, "sqlstate", None) == _OUT_OF_RANGE:
+        log.warning("out-of-range value on %s %s: %s", request.method, request.url.path, cause)
+        detail = "a number in the request is beyond the range this field can hold"
+    else:
+        return await _internal_error(request, exc)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
