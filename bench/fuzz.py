@@ -1,6 +1,7 @@
 """Fuzz the ways in: mutated DICOM through C-STORE (and STOW-RS where the router has it).
 
     python bench/fuzz.py [--count 10000] [--seed 7] [--batch 200] [--stow/--no-stow]
+                         [--database-url postgresql+psycopg://…]   # default: embedded SQLite
 
 Inputs (seeded, so a run can be repeated exactly):
 
@@ -388,14 +389,18 @@ def send_batch(
         ae.shutdown()
 
 
-def stow_sender(data_dir: Path):
+def stow_sender(data_dir: Path, database_url: str = ""):
     """STOW-RS through the app in this process, or None when the router has no STOW yet."""
     from fastapi.testclient import TestClient
 
     from remote_dx.api.app import create_app
     from remote_dx.core.settings import Settings
 
-    settings = Settings(data_dir=data_dir, jwt_secret="fuzz-secret-0123456789abcdef0123456789")
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        jwt_secret="fuzz-secret-0123456789abcdef0123456789",
+    )
     app = create_app(settings)
     has_stow = any(
         getattr(r, "path", "") == "/dicom-web/studies" and "POST" in getattr(r, "methods", set())
@@ -431,13 +436,15 @@ def stow_sender(data_dir: Path):
     return send
 
 
-def prepare_hub(data_dir: Path) -> dict[str, str]:
+def prepare_hub(data_dir: Path, database_url: str = "") -> dict[str, str]:
+    """The hub's database (``database_url``, else SQLite under ``data_dir``), migrated and
+    seeded; the receiver's environment for it."""
     from remote_dx.core.db import session_scope
     from remote_dx.core.migrate import upgrade
     from remote_dx.core.network import apply_network, load_network_file
     from remote_dx.core.settings import Settings
 
-    settings = Settings(data_dir=data_dir)
+    settings = Settings(data_dir=data_dir, database_url=database_url)
     upgrade(settings)
     with session_scope(settings) as session:
         apply_network(
@@ -447,6 +454,7 @@ def prepare_hub(data_dir: Path) -> dict[str, str]:
         )
     return {
         "RDX_DATA_DIR": str(data_dir),
+        "RDX_DATABASE_URL": database_url,
         "RDX_DICOM_HOST": "127.0.0.1",
         "RDX_LOG_LEVEL": "WARNING",
     }
@@ -475,7 +483,11 @@ def run(
     findings_dir: Path | None = None,
     work: Path | None = None,
     echo_every: int = 1,
+    database_url: str = "",
 ) -> Outcome:
+    """``count`` inputs of ``seed`` through a receiver process (and STOW-RS), on the embedded
+    SQLite or on ``database_url``: PostgreSQL refuses values SQLite keeps (a NUL in a text, an
+    integer beyond 2**31), so both are worth a run."""
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     quiet()
     own_work = work is None
@@ -484,7 +496,7 @@ def run(
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("RDX_") or k.startswith("RDX_TEST")
     }
-    env.update(prepare_hub(data_dir))
+    env.update(prepare_hub(data_dir, database_url))
     port = free_port()
     env["RDX_DICOM_PORT"] = str(port)
     log = (work / "scp.log").open("wb")
@@ -492,7 +504,7 @@ def run(
         [*remote_dx_command(), "scp"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work
     )
     outcome = Outcome()
-    stow_send = stow_sender(data_dir) if stow else None
+    stow_send = stow_sender(data_dir, database_url) if stow else None
     if stow and stow_send is None:
         print("STOW-RS: no POST /dicom-web/studies route in this build; C-STORE only")
     try:
@@ -548,8 +560,11 @@ def main() -> int:
     parser.add_argument(
         "--findings", type=Path, default=ROOT / "tests" / "fuzz_regressions", help="inputs found"
     )
+    parser.add_argument("--database-url", default="", help="default: the embedded SQLite")
     args = parser.parse_args()
-    outcome = run(args.count, args.seed, args.batch, args.stow, args.findings)
+    outcome = run(
+        args.count, args.seed, args.batch, args.stow, args.findings, database_url=args.database_url
+    )
     elapsed = outcome.elapsed  # type: ignore[attr-defined]
     print(f"inputs {args.count} (seed {args.seed}); C-STORE sent {outcome.sent}, "
           f"not sendable by the client {outcome.unsent}")  # fmt: skip

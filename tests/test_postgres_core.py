@@ -218,13 +218,13 @@ def test_a_nul_inside_a_text_value_is_filed_on_both_backends(backend: Settings) 
         assert patient is not None and patient.patient_id == "XP\ufffd-7"
 
 
-def test_values_longer_than_their_vr_allows_are_filed_on_both_backends(
+def test_values_beyond_their_columns_are_filed_on_both_backends(
     backend: Settings,
 ) -> None:
     """A modality may send more than a VR allows. SQLite kept such values whole; PostgreSQL
-    refused the row ("value too long"), and filing answered "database unavailable", which the
-    modality would retry forever. Both now index the value cut to its column; the stored
-    object keeps it whole."""
+    refused the row ("value too long", "integer out of range"), and filing answered "database
+    unavailable", which the modality would retry forever. Both now index a text cut to its
+    column and leave out a number the column cannot hold; the stored object keeps them whole."""
     sessions = _seed(backend)
     ds = pydicom.dcmread(io.BytesIO(_instance(generate_uid(), generate_uid(), 1, 1)))
     ds.PatientID = "P" * 300
@@ -234,6 +234,8 @@ def test_values_longer_than_their_vr_allows_are_filed_on_both_backends(
     ds.StudyID = "S" * 100
     ds.SeriesDescription = "E" * 500
     ds.BodyPartExamined = "B" * 100
+    ds.SeriesNumber = "99999999999"  # an IS of 11 digits: beyond PostgreSQL's integer
+    ds.InstanceNumber = "-2147483649"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     store = make_store(backend)
@@ -248,4 +250,10 @@ def test_values_longer_than_their_vr_allows_are_filed_on_both_backends(
         assert study.dicom_study_id == "S" * lengths["dicom_study_id"]
         patient = session.get(Patient, study.patient_pk)
         assert patient is not None and patient.patient_id.startswith("P" * 16)
+        series = session.scalar(select(Series).where(Series.series_uid == filed.series_uid))
+        assert series is not None and series.series_number is None
+        instance = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == filed.sop_instance_uid)
+        )
+        assert instance is not None and instance.instance_number is None
     assert pydicom.dcmread(io.BytesIO(store.get(filed.object_key))).PatientID == "P" * 300
