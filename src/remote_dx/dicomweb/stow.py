@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -74,7 +74,10 @@ def _uids(data: bytes) -> tuple[str, str, str]:
             str(ds.get("SOPInstanceUID", "") or ""),
             str(ds.get("StudyInstanceUID", "") or ""),
         )
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError):
+    except Exception:
+        # Only the answer's description of the part: a stream pydicom cannot read in any way
+        # (a corrupt deflated data set raised zlib.error, found by bench/fuzz.py through
+        # STOW-RS) is described without UIDs, and filing it says why it is refused.
         return "", "", ""
 
 
@@ -110,7 +113,9 @@ def store_instances(
         reason, comment = 0, ""
         if study_uid is not None and part_study and part_study != study_uid:
             reason, comment = DOES_NOT_MATCH, f"instance of study {part_study}, not {study_uid}"
-        elif part_study:
+        elif part_study and UID(part_study).is_valid:
+            # An invalid UID (a NUL in it, say, which PostgreSQL cannot even compare) names no
+            # study: filing refuses the part below, and the parts after it are still filed.
             with sessions() as session:
                 exists = session.scalar(select(Study.id).where(Study.study_uid == part_study))
                 if exists is not None and visible_study(session, user, part_study) is None:
