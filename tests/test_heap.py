@@ -27,7 +27,10 @@ def thawed() -> Iterator[None]:
 def test_freeze_moves_the_live_heap_out_of_collections(thawed: None) -> None:
     assert gc.get_freeze_count() == 0
     frozen = freeze_startup_heap()
-    assert frozen == gc.get_freeze_count()
+    # Other threads of this test process (a writer ending its idle wait, a pool's thread) may
+    # free frozen objects between the two counts (101 of 1,085,266 once in CI); nothing else
+    # freezes any.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert frozen > 10_000  # pytest, SQLAlchemy, pydicom … are all alive in this process
 
 
