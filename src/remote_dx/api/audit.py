@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from pydicom.uid import UID
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import JSONResponse, Response
@@ -421,7 +422,9 @@ def _write_record(
         event.patient is None
         and event.object_type == "study"
         and event.object_id
-        and "\x00" not in event.object_id  # no study has it (PostgreSQL could not even compare)
+        # An invalid UID (a %00 in the path, which PostgreSQL could not even compare) names no
+        # study: no lookup, as in STOW-RS.
+        and UID(event.object_id).is_valid
     )
     if institution_id is not None or patient_unknown:
         with sessions() as session:  # only when needed: even an unused session costs its close

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, Integer, Select, bindparam, insert, select, updat
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from remote_dx.core.charset import storable
 from remote_dx.core.clock import utcnow
 from remote_dx.core.db import write_lock
 from remote_dx.core.models import AuditChainHead, AuditRecord
@@ -104,9 +105,9 @@ def _timestamp(value: datetime) -> str:
 
 
 def _clip(value: str | None, length: int) -> str | None:
-    """``value`` cut to its column's length, U+0000 (a ``%00`` in a path, say) as U+FFFD:
-    PostgreSQL text cannot hold it, and one such record would fail its whole batch."""
-    return None if value is None else value.replace("\x00", "\ufffd")[:length]
+    """``value`` cut to its column's length and :func:`storable` (a ``%00`` in a path, say):
+    one record PostgreSQL could not hold would fail its whole batch."""
+    return None if value is None else storable(value)[:length]
 
 
 def canonical(fields: Mapping[str, Any], prev_hash: str) -> bytes:

@@ -68,3 +68,10 @@ def decode_element(ds: Dataset, keyword: str) -> str | None:
         text = text.rstrip("=^ ")
     text = text.strip(" \x00")
     return text or None
+
+
+def storable(text: str) -> str:
+    """``text`` as every database of the hub can hold it: U+0000 (a NUL a modality padded a
+    value with, a ``%00`` in a request path) as U+FFFD, since PostgreSQL text cannot hold it.
+    The index and the audit trail store the same on SQLite, which could."""
+    return text.replace("\x00", "\ufffd")

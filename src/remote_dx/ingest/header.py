@@ -38,7 +38,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import IS
 
-from remote_dx.core.charset import decode_bytes, decode_element
+from remote_dx.core.charset import decode_bytes, decode_element, storable
 from remote_dx.core.errors import InvalidInstance
 from remote_dx.ingest.part10 import PixelData, Walked, file_meta_value, walk
 
@@ -237,7 +237,7 @@ def _converted_dataset(walked: Walked, transfer_syntax: str) -> Dataset:
 
 
 def _without_nul(header: InstanceHeader) -> InstanceHeader:
-    """``header`` with U+0000 inside a text value as U+FFFD (padding is stripped already).
+    """``header`` with U+0000 inside a text value :func:`storable` (padding is stripped already).
 
     A modality that pads a field with NUL where DICOM asks for spaces can leave one inside a
     value; PostgreSQL text cannot hold it, and the index refused the instance that SQLite
@@ -247,14 +247,10 @@ def _without_nul(header: InstanceHeader) -> InstanceHeader:
     if not any(isinstance(value, str) and "\x00" in value for value in texts):
         return header
     return InstanceHeader(
-        {k: _replace_nul(v) for k, v in header.values.items()},
-        {k: _replace_nul(v) for k, v in header.texts.items()},
+        {k: storable(v) if isinstance(v, str) else v for k, v in header.values.items()},
+        {k: storable(v) if v is not None else v for k, v in header.texts.items()},
         header.transfer_syntax,
     )
-
-
-def _replace_nul(value: Any) -> Any:
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 def check_required_uids(values: Mapping[str, Any] | Dataset) -> None:

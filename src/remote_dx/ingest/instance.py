@@ -828,23 +828,19 @@ def _int(value: object) -> int | None:
         return None
 
 
-_LIMITS: dict[str, dict[str, tuple[type, int]]] = {}
-
-
 def _limits(table: Table) -> dict[str, tuple[type, int]]:
     """Per column of ``table`` that has one: (str, its length) or (int, its largest value)."""
-    limits = _LIMITS.get(table.name)
-    if limits is None:
-        limits = {}
-        for column in table.columns:
-            kind = column.type
-            if isinstance(kind, String) and kind.length:
-                limits[column.key] = (str, kind.length)
-            elif isinstance(kind, Integer) and not isinstance(kind, BigInteger):
-                largest = 2**15 - 1 if isinstance(kind, SmallInteger) else 2**31 - 1
-                limits[column.key] = (int, largest)
-        _LIMITS[table.name] = limits
+    limits: dict[str, tuple[type, int]] = {}
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, String) and kind.length:
+            limits[column.key] = (str, kind.length)
+        elif isinstance(kind, Integer) and not isinstance(kind, BigInteger):
+            limits[column.key] = (int, 2**15 - 1 if isinstance(kind, SmallInteger) else 2**31 - 1)
     return limits
+
+
+_LIMITS = {table.name: _limits(table) for table in (_patients, _studies, _series, _instances)}
 
 
 def _fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
@@ -857,7 +853,7 @@ def _fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     PostgreSQL did so for a number alone). The stored object keeps every value whole; only its
     index entry is cut. UIDs are never cut: an invalid one is refused before (PS3.5 §9).
     """
-    limits = _limits(table)
+    limits = _LIMITS[table.name]
     for name, value in row.items():
         limit = limits.get(name)
         if limit is None or value is None:
